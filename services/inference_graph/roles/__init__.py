@@ -1,0 +1,1 @@
+"""One subpackage per role; each runnable with ``python -m``."""

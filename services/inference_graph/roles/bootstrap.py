@@ -1,0 +1,111 @@
+"""What every role process does the same way: arguments, configuration, the
+NATS and etcd connections, signals, and the event loop.
+
+A role's ``__main__`` is ``run_role(main)`` where ``main(ctx)`` serves until
+``ctx.stopping`` is set (SIGTERM/SIGINT) and then drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+import uvloop
+from nats.aio.client import Client as NATS
+
+from .. import wire
+from ..core.spec import InferenceGraph, Role, load_graph
+from ..models import resolve_model_source
+from ..runtime.config import NAMESPACE_ENV, RuntimeConfig
+from ..runtime.discovery import Discovery
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoleContext:
+    graph: InferenceGraph
+    role: Role
+    config: RuntimeConfig
+    instance_id: str
+    nc: NATS
+    discovery: Discovery
+    stopping: asyncio.Event
+
+    @property
+    def namespace(self) -> str:
+        return self.config.namespace
+
+    def instance_info(self, **fields) -> wire.InstanceInfo:
+        return wire.InstanceInfo(
+            instance_id=self.instance_id,
+            namespace=self.namespace,
+            component=self.role.value,
+            model=self.graph.spec.model.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=time.time(),
+            **fields,
+        )
+
+    def model_path(self) -> str:
+        return resolve_model_source(self.graph.spec.model.source)
+
+
+def make_instance_id(role: Role) -> str:
+    """Readable and unique: the pod name where Kubernetes gives one, plus a random suffix."""
+    base = os.environ.get("POD_NAME") or role.value
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_args(description: str) -> tuple[InferenceGraph, Role]:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--graph", required=True, help="InferenceGraph manifest")
+    parser.add_argument("--role", required=True, choices=[r.value for r in Role])
+    args = parser.parse_args()
+    return load_graph(args.graph), Role(args.role)
+
+
+@contextlib.asynccontextmanager
+async def role_context(graph: InferenceGraph, role: Role) -> AsyncIterator[RoleContext]:
+    config = RuntimeConfig.from_env()
+    if NAMESPACE_ENV not in os.environ:  # a graph's roles share the graph's name as namespace
+        config = dataclasses.replace(config, namespace=graph.metadata.name)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    nc = await nats.connect(config.nats_url, name=f"{role.value}", max_reconnect_attempts=-1)
+    discovery = await Discovery.connect(config.etcd_endpoints)
+    try:
+        yield RoleContext(graph, role, config, make_instance_id(role), nc, discovery, stopping)
+    finally:
+        await discovery.close()
+        await nc.drain()
+
+
+def run_role(description: str, main: Callable[[RoleContext], Awaitable[None]]) -> None:
+    """Entry point of a role process."""
+    logging.basicConfig(
+        level=os.environ.get("IG_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    graph, role = parse_args(description)
+
+    async def _main() -> None:
+        async with role_context(graph, role) as ctx:
+            log.info("starting %s as %s in namespace %s", role.value, ctx.instance_id, ctx.namespace)
+            await main(ctx)
+
+    uvloop.run(_main())

@@ -1,0 +1,73 @@
+"""The frontend's ports wired to the runtime: processors over NATS, models from etcd."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from ... import wire
+from ...core.spec import Role
+from ...runtime.discovery import InstanceWatch
+from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError
+from ...runtime.request_plane import EndpointClient
+from .errors import ProcessingError
+from .ports import ModelCard
+
+PROCESS_ENDPOINT = "process"
+
+
+class NatsProcessorClient:
+    """``ProcessorClient`` over the request plane, load-balanced across processors."""
+
+    def __init__(self, client: EndpointClient, *, ack_timeout: float = 5.0):
+        self._client = client
+        self._ack_timeout = ack_timeout
+        self._encode = wire.encoder.encode
+        self._decode = wire.decoder(wire.ProcessOutput).decode
+
+    async def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]:
+        stream = self._client.stream(PROCESS_ENDPOINT, self._encode(request), ack_timeout=self._ack_timeout)
+        try:
+            async with contextlib.aclosing(stream):
+                async for payload in stream:
+                    yield self._decode(payload)
+        except NoRespondersError:
+            raise _unavailable("No processor is running for this graph.") from None
+        except InstanceLostError as exc:
+            raise _unavailable(f"The processor serving this request ({exc.instance_id}) stopped.") from None
+        except RequestTimeoutError as exc:
+            raise ProcessingError(wire.ErrorInfo(504, "timeout", f"The processor did not answer: {exc}")) from None
+
+
+def _unavailable(message: str) -> ProcessingError:
+    return ProcessingError(wire.ErrorInfo(503, "service_unavailable", message))
+
+
+class DiscoveryModelDirectory:
+    """``ModelDirectory`` from the live instances of the graph.
+
+    A model is listed while a processor serves it, and ready while at least one
+    decode worker for it is registered too. The cards are rebuilt on each
+    discovery change, so ``models()`` is a dictionary read.
+    """
+
+    def __init__(self, watch: InstanceWatch):
+        self._cards: dict[str, ModelCard] = {}
+        watch.add_listener(lambda _event, _info: self._rebuild(watch.instances))
+        self._rebuild(watch.instances)
+
+    def models(self) -> dict[str, ModelCard]:
+        return self._cards
+
+    def _rebuild(self, instances: dict[str, wire.InstanceInfo]) -> None:
+        served = {i.model for i in instances.values() if i.component == Role.DECODE.value}
+        cards = {}
+        for info in sorted(instances.values(), key=lambda i: i.started_at):
+            if info.component == Role.PROCESSOR.value and info.model not in cards:
+                cards[info.model] = ModelCard(
+                    name=info.model,
+                    max_model_len=info.max_model_len,
+                    created=int(info.started_at),
+                    ready=info.model in served,
+                )
+        self._cards = cards

@@ -1,0 +1,50 @@
+"""The processor's ports wired to the runtime: workers over NATS, their list from etcd."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from ... import wire
+from ...runtime.discovery import InstanceWatch
+from ...runtime.request_plane import EndpointClient
+
+GENERATE_ENDPOINT = "generate"
+
+
+class NatsWorkerClient:
+    """``WorkerClient`` over the request plane: directed calls to one worker instance.
+
+    Worker-reported errors arrive as ``RemoteError`` (it carries ``info``); a worker
+    whose lease expires mid-stream fails the stream with ``InstanceLostError``
+    because ``EndpointClient`` listens to discovery.
+    """
+
+    def __init__(self, client: EndpointClient, *, ack_timeout: float = 5.0):
+        self._client = client
+        self._ack_timeout = ack_timeout
+        self._encode = wire.encoder.encode
+        self._decode = wire.decoder(wire.GenerateOutput).decode
+
+    async def generate(self, request: wire.GenerateRequest, instance_id: str) -> AsyncIterator[wire.GenerateOutput]:
+        payload = self._encode(request)
+        stream = self._client.stream(GENERATE_ENDPOINT, payload, instance_id, ack_timeout=self._ack_timeout)
+        async with contextlib.aclosing(stream):
+            async for frame in stream:
+                yield self._decode(frame)
+
+
+class DiscoveryWorkerDirectory:
+    """``WorkerDirectory``: live workers of one component serving ``model``, kept current by a watch."""
+
+    def __init__(self, watch: InstanceWatch, model: str):
+        self._ids: list[str] = []
+        self._model = model
+        watch.add_listener(lambda _event, _info: self._rebuild(watch.instances))
+        self._rebuild(watch.instances)
+
+    def instances(self) -> list[str]:
+        return self._ids
+
+    def _rebuild(self, instances: dict[str, wire.InstanceInfo]) -> None:
+        self._ids = sorted(i for i, info in instances.items() if info.model == self._model)

@@ -1,0 +1,3 @@
+"""The worker role: serves one engine (``engines.base.Engine``) on the request
+plane, registers its capacity in discovery once the model is loaded, and relays
+the engine's KV events and load to the event plane."""

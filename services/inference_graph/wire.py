@@ -1,0 +1,264 @@
+"""Every message that crosses a process boundary, as msgspec Structs.
+
+Rules (they keep old and new processes able to talk during a rollout):
+- Structs are ``array_like``: fields are encoded by position, so new fields are
+  appended last and never reordered or removed. ``tests/test_wire.py`` holds
+  golden bytes for each struct and fails when a field moves.
+- ``omit_defaults`` keeps the common case small; ``gc=False`` because these
+  objects never form reference cycles and are created per token frame.
+- No I/O here: encoding and decoding only.
+
+Planes (subjects and keys are built in ``inference_graph.runtime.names``):
+- request plane (NATS): ``ResponseFrame`` streams carrying ``GenerateOutput``
+  (processor <- worker) or ``ProcessOutput`` (frontend <- processor);
+- event plane (NATS): ``KvEventBatch`` and ``LoadMetrics`` per worker;
+- discovery (etcd): ``InstanceInfo`` (JSON) per live instance.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal, Union
+
+import msgspec
+
+_STRUCT = dict(array_like=True, omit_defaults=True, gc=False)
+
+
+# ---------------------------------------------------------------- request plane
+
+
+class FrameKind(enum.IntEnum):
+    """What a response frame on a reply inbox means."""
+
+    ACK = 0  # the request was accepted by ``ResponseFrame.instance_id``
+    DATA = 1  # ``payload`` holds one endpoint-specific message
+    END = 2  # the stream finished normally; nothing follows
+    ERROR = 3  # the stream failed; ``error`` says why; nothing follows
+
+
+class ErrorInfo(msgspec.Struct, **_STRUCT):
+    """An error with enough structure to become an OpenAI error body.
+
+    ``status`` is the HTTP status the frontend should return (400, 404, 503, 500...).
+    """
+
+    status: int
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ResponseFrame(msgspec.Struct, **_STRUCT):
+    """One message of a streamed response, sent to the caller's reply inbox."""
+
+    kind: FrameKind
+    seq: int
+    payload: bytes = b""
+    error: ErrorInfo | None = None
+    instance_id: str = ""
+
+
+class CancelRequest(msgspec.Struct, **_STRUCT):
+    """Sent by a caller to the serving instance's control subject to stop a stream."""
+
+    request_id: str
+
+
+# ---------------------------------------------------------------- discovery
+
+
+class InstanceInfo(msgspec.Struct, omit_defaults=True):
+    """What a live instance publishes under its etcd lease (JSON, keyed by name)."""
+
+    instance_id: str
+    namespace: str
+    component: str  # role: frontend | processor | router | decode | prefill
+    model: str = ""
+    subject: str = ""  # base NATS subject of the instance's endpoints
+    block_size: int = 0
+    num_kv_blocks: int = 0
+    max_model_len: int = 0
+    tensor_parallel_size: int = 1
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    metadata: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------- processor <-> worker
+
+
+class SamplingOptions(msgspec.Struct, **_STRUCT):
+    """The engine-side sampling parameters (vLLM's SamplingParams subset we pass on).
+
+    Stop *strings* are not here: the processor matches them on detokenized text
+    and cancels the worker stream.
+    """
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: disabled
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop_token_ids: list[int] = []
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: sampled token plus top k
+
+
+class GenerateRequest(msgspec.Struct, **_STRUCT):
+    """Processor -> worker: generate from token ids."""
+
+    request_id: str
+    token_ids: list[int]
+    sampling: SamplingOptions
+    model: str = ""
+
+
+class TokenLogprob(msgspec.Struct, **_STRUCT):
+    """Log-probability of one generated token and the top alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = []
+
+
+class GenerateOutput(msgspec.Struct, **_STRUCT):
+    """Worker -> processor: the tokens produced since the previous frame.
+
+    A frame may carry several tokens (per-message overhead decides throughput).
+    ``finish_reason`` is set on the last frame: "stop" (EOS or stop token),
+    "length" or "abort".
+    """
+
+    token_ids: list[int]
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    stop_token_id: int | None = None
+
+
+# ---------------------------------------------------------------- frontend <-> processor
+
+
+class ChatMessage(msgspec.Struct, **_STRUCT):
+    role: str
+    content: str | None = None
+    name: str | None = None
+
+
+class ProcessRequest(msgspec.Struct, **_STRUCT):
+    """Frontend -> processor: one validated OpenAI request, normalised.
+
+    Exactly one of ``messages`` (chat) and ``prompt`` (completion) is set; a
+    completion prompt is text or token ids.
+    """
+
+    request_id: str
+    model: str
+    kind: Literal["chat", "completion"]
+    sampling: SamplingOptions
+    messages: list[ChatMessage] | None = None
+    prompt: str | list[int] | None = None
+    stop: list[str] = []
+    n: int = 1
+    echo: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, bool | int | float | str] = {}
+
+
+class TextLogprob(msgspec.Struct, **_STRUCT):
+    """One generated token's log-probability, detokenized for OpenAI's format."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[tuple[str, float, list[int] | None]] = []
+
+
+class Usage(msgspec.Struct, **_STRUCT):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+class ProcessOutput(msgspec.Struct, **_STRUCT):
+    """Processor -> frontend: new text for one choice.
+
+    The last frame of a choice has ``finish_reason`` set ("stop", "length",
+    "abort") and ``usage`` for that choice.
+    """
+
+    index: int
+    text: str
+    num_tokens: int = 0
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # matched stop string or stop token id
+    logprobs: list[TextLogprob] | None = None
+    usage: Usage | None = None
+
+
+# ---------------------------------------------------------------- event plane
+
+
+class BlockStored(msgspec.Struct, tag=True, **_STRUCT):
+    """Blocks entered an engine's prefix cache.
+
+    ``block_hashes`` are the engine's own hashes (normalised to unsigned 64-bit);
+    ``token_ids`` are the tokens of all stored blocks in order, so consumers can
+    compute their own engine-independent hash chain.
+    """
+
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    block_size: int
+
+
+class BlockRemoved(msgspec.Struct, tag=True, **_STRUCT):
+    block_hashes: list[int]
+
+
+class AllBlocksCleared(msgspec.Struct, tag=True, **_STRUCT):
+    pass
+
+
+KvEvent = Union[BlockStored, BlockRemoved, AllBlocksCleared]
+
+
+class KvEventBatch(msgspec.Struct, **_STRUCT):
+    """KV cache events of one worker, numbered so consumers can detect gaps."""
+
+    instance_id: str
+    seq: int
+    timestamp: float
+    events: list[KvEvent]
+
+
+class LoadMetrics(msgspec.Struct, **_STRUCT):
+    """A worker's load, published periodically on the event plane."""
+
+    instance_id: str
+    timestamp: float
+    running: int
+    waiting: int
+    kv_usage: float  # fraction of KV blocks in use, 0..1
+    num_kv_blocks: int = 0
+
+
+# ---------------------------------------------------------------- codecs
+
+encoder = msgspec.msgpack.Encoder()
+
+
+def decoder(type_: type) -> msgspec.msgpack.Decoder:
+    """A typed decoder; build one per subscription, not per message."""
+    return msgspec.msgpack.Decoder(type_)

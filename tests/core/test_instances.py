@@ -1,0 +1,56 @@
+"""desired_instances: the one function both runtimes use to decide what runs."""
+
+from inference_graph.core.instances import ETCD_ENV, NATS_ENV, desired_instances
+from inference_graph.core.spec import Role, parse_graph
+
+INFRA = {NATS_ENV: "nats://default:4222", ETCD_ENV: "http://default:2379"}
+
+
+def graph(**spec):
+    return parse_graph(
+        {
+            "apiVersion": "inferencegraph.dev/v1alpha1",
+            "kind": "InferenceGraph",
+            "metadata": {"name": "g"},
+            "spec": {"model": {"name": "m", "source": "builtin://tiny-llama"}, **spec},
+        }
+    )
+
+
+def by_role(instances):
+    return {i.role: i for i in instances}
+
+
+def test_aggregated_graph_runs_frontend_processor_decode():
+    instances = by_role(desired_instances(graph(), "/g.yaml", INFRA))
+    assert set(instances) == {Role.FRONTEND, Role.PROCESSOR, Role.DECODE}
+    decode = instances[Role.DECODE]
+    assert decode.module == "inference_graph.roles.worker"
+    assert decode.args == ("--graph", "/g.yaml", "--role", "decode")
+    assert decode.argv("py")[:3] == ["py", "-m", "inference_graph.roles.worker"]
+    assert instances[Role.FRONTEND].port == 8000
+
+
+def test_gpus_follow_tensor_parallel_size_for_workers_only():
+    g = graph(services={"decode": {"tensorParallelSize": 4}, "processor": {"tensorParallelSize": 2}})
+    instances = by_role(desired_instances(g, "/g.yaml", INFRA))
+    assert instances[Role.DECODE].gpus == 4
+    assert instances[Role.PROCESSOR].gpus == 0
+
+
+def test_spec_endpoints_override_runtime_defaults_and_user_env_wins():
+    g = graph(
+        infrastructure={"nats": {"url": "nats://spec:4222"}, "etcd": {"endpoints": ["http://a:2379", "http://b:2379"]}},
+        services={"decode": {"env": {NATS_ENV: "nats://user:4222"}}},
+    )
+    instances = by_role(desired_instances(g, "/g.yaml", INFRA))
+    assert instances[Role.PROCESSOR].env[NATS_ENV] == "nats://spec:4222"
+    assert instances[Role.PROCESSOR].env[ETCD_ENV] == "http://a:2379,http://b:2379"
+    assert instances[Role.DECODE].env[NATS_ENV] == "nats://user:4222"
+
+
+def test_replicas_are_passed_through():
+    g = graph(services={"decode": {"replicas": 3}, "processor": {"replicas": 0}})
+    instances = by_role(desired_instances(g, "/g.yaml", INFRA))
+    assert instances[Role.DECODE].replicas == 3
+    assert instances[Role.PROCESSOR].replicas == 0

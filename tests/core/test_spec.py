@@ -1,0 +1,91 @@
+"""The InferenceGraph spec model: defaults, validation errors naming the field, --set overrides."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inference_graph.core.spec import Role, SpecError, apply_overrides, load_graph, parse_graph
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+def minimal(**spec) -> dict:
+    return {
+        "apiVersion": "inferencegraph.dev/v1alpha1",
+        "kind": "InferenceGraph",
+        "metadata": {"name": "g"},
+        "spec": {"model": {"name": "m", "source": "builtin://tiny-llama"}, **spec},
+    }
+
+
+def test_defaults_are_filled_in():
+    graph = parse_graph(minimal())
+    assert graph.spec.engine.block_size == 32
+    assert graph.spec.services.frontend.port == 8000
+    assert graph.spec.services.decode.replicas == 1
+    assert graph.spec.services.get(Role.PREFILL) is None
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_graph(path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "text"),
+    [
+        ({"engine": {"blockSize": 0}}, "spec.engine.blockSize", "greater than or equal to 1"),
+        ({"engine": {"type": "tgi"}}, "spec.engine.type", "'vllm'"),
+        ({"engine": {"typo": 1}}, "spec.engine.typo", "Extra inputs"),
+        ({"services": {"decode": {"replicas": -1}}}, "spec.services.decode.replicas", "greater than or equal"),
+        ({"routing": {"strategy": "nearest"}}, "spec.routing.strategy", "round-robin"),
+        ({"services": {"prefill": {"replicas": 1}}}, "spec", "disaggregation.enabled"),
+    ],
+)
+def test_invalid_spec_names_the_field(spec, field, text):
+    with pytest.raises(SpecError) as info:
+        parse_graph(minimal(**spec))
+    assert info.value.field == field
+    assert text in str(info.value)
+
+
+def test_missing_model_names_the_field():
+    manifest = minimal()
+    del manifest["spec"]["model"]
+    with pytest.raises(SpecError) as info:
+        parse_graph(manifest)
+    assert info.value.field == "spec.model"
+
+
+def test_wrong_kind_is_rejected():
+    manifest = minimal()
+    manifest["kind"] = "Deployment"
+    with pytest.raises(SpecError, match="kind must be InferenceGraph"):
+        parse_graph(manifest)
+
+
+def test_overrides_are_typed_and_do_not_touch_the_input():
+    manifest = minimal()
+    result = apply_overrides(manifest, ["services.decode.replicas=4", "engine.enablePrefixCaching=false"])
+    graph = parse_graph(result)
+    assert graph.spec.services.decode.replicas == 4
+    assert graph.spec.engine.enable_prefix_caching is False
+    assert "services" not in manifest["spec"]
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(SpecError, match="expected path=value"):
+        apply_overrides(minimal(), ["services.decode.replicas"])
+
+
+def test_load_graph_requires_one_graph_document(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump_all([minimal(), minimal()]))
+    with pytest.raises(SpecError, match="exactly one InferenceGraph"):
+        load_graph(path)
+
+
+def test_manifest_round_trips():
+    graph = parse_graph(minimal(services={"decode": {"replicas": 3}}))
+    assert parse_graph(graph.to_manifest()) == graph

@@ -1,0 +1,60 @@
+"""Fixtures for end-to-end tests: real NATS + etcd for the session, graphs on demand."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference_graph.models import resolve_model_source
+from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, free_port
+
+from .graph import LocalGraph
+
+
+@pytest.fixture(scope="session")
+def infrastructure():
+    """NATS_SERVER and ETCD_ENDPOINTS for every graph of the session."""
+    with EmbeddedNats() as nats, EmbeddedEtcd() as etcd:
+        yield {"NATS_SERVER": nats.url, "ETCD_ENDPOINTS": ",".join(etcd.endpoints)}
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    return resolve_model_source("builtin://tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def start_graph(infrastructure, tmp_path_factory, tiny_model):
+    """Start a graph from a config file with overrides; every graph is stopped at the end."""
+    started: list[LocalGraph] = []
+
+    def start(name: str, config: str = "configs/agg.yaml", overrides=(), env=None) -> LocalGraph:
+        graph = LocalGraph(
+            config,
+            free_port(),
+            [f"metadata.name={name}", *overrides],
+            {**infrastructure, "IG_LEASE_TTL": "3", **(env or {})},
+            tmp_path_factory.mktemp("graphs") / f"{name}.log",
+        )
+        started.append(graph)
+        graph.wait_ready()
+        return graph
+
+    yield start
+    for graph in started:
+        graph.stop()
+
+
+TINY_OVERRIDES = [
+    "model.name=tiny",
+    "model.source=builtin://tiny-llama",
+    "engine.maxModelLen=4096",
+    "engine.kvCacheGib=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(start_graph, request):
+    """The default graph serving the tiny random model: fast to start, meaningless text."""
+    graph = start_graph(request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"), overrides=TINY_OVERRIDES)
+    yield graph
+    graph.stop()

@@ -1,0 +1,92 @@
+"""What happens when a client or a worker goes away mid-request (real engines, real planes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import nats
+import pytest
+
+from inference_graph.core.spec import Role
+from inference_graph.runtime.discovery import Discovery
+from inference_graph.runtime.event_plane import subscribe_load
+
+from .conftest import TINY_OVERRIDES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+LONG = {"model": "tiny", "prompt": "hello", "max_tokens": 4000, "stream": True, "ignore_eos": True, "temperature": 0}
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def watch_load(nats_url: str, namespace: str) -> tuple[nats.NATS, dict]:
+    """Latest LoadMetrics per worker, kept current from the event plane."""
+    nc = await nats.connect(nats_url)
+    latest: dict = {}
+    await subscribe_load(nc, namespace, lambda m: latest.__setitem__(m.instance_id, m))
+    return nc, latest
+
+
+async def test_client_disconnect_aborts_the_engine_request_and_frees_its_kv_blocks(start_graph, infrastructure):
+    graph = start_graph("disconnect", overrides=TINY_OVERRIDES, env={"IG_LOAD_INTERVAL": "0.05"})
+    nc, load = await watch_load(infrastructure["NATS_SERVER"], "disconnect")
+    async with httpx.AsyncClient(base_url=graph.base_url, timeout=60) as http:
+        async with http.stream("POST", "/v1/completions", json=LONG) as response:
+            assert response.status_code == 200
+            events = 0
+            async for line in response.aiter_lines():
+                events += line.startswith("data: ")
+                if events >= 5:
+                    break
+            await wait_until(lambda: any(m.running == 1 and m.kv_usage > 0 for m in load.values()), 10, "a running request")
+        # The client has gone. 4000 tokens take well over 10 s on this model, so only
+        # an abort frees the blocks within the deadline below.
+        gone = time.time()
+        await wait_until(
+            lambda: load and all(m.timestamp > gone and m.running == 0 and m.kv_usage == 0.0 for m in load.values()),
+            5,
+            "the engine to abort the request and free its KV blocks",
+        )
+    await nc.close()
+
+
+async def test_killed_worker_fails_its_request_and_leaves_routing(start_graph, infrastructure):
+    namespace = "worker-death"
+    graph = start_graph(
+        namespace, overrides=[*TINY_OVERRIDES, "services.decode.replicas=2"], env={"IG_LOAD_INTERVAL": "0.05"}
+    )
+    discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
+    workers = await discovery.watch_instances(namespace, Role.DECODE.value)
+    await workers.wait_for(lambda instances: len(instances) == 2, 30)
+    nc, load = await watch_load(infrastructure["NATS_SERVER"], namespace)
+
+    async with httpx.AsyncClient(base_url=graph.base_url, timeout=60) as http:
+        async with http.stream("POST", "/v1/completions", json=LONG) as response:
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            await wait_until(lambda: any(m.running == 1 for m in load.values()), 10, "the serving worker's load")
+            victim = next(i for i, m in load.items() if m.running == 1)
+            os.kill(workers.instances[victim].pid, signal.SIGKILL)
+            killed = time.monotonic()
+            rest = [line async for line in lines]  # must end, not hang
+        assert time.monotonic() - killed < 20
+        assert any('"error"' in line for line in rest), rest[-3:]
+
+        await workers.wait_for(lambda instances: victim not in instances, 15)
+        for _ in range(4):
+            body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+            assert (await http.post("/v1/completions", json=body)).status_code == 200
+    await workers.close()
+    await discovery.close()
+    await nc.close()

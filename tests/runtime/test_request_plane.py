@@ -1,0 +1,287 @@
+"""Streamed RPC over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import struct
+import time
+from collections import Counter
+
+import nats
+import pytest
+
+from inference_graph import wire
+from inference_graph.runtime.errors import (
+    InstanceLostError,
+    NoRespondersError,
+    ProtocolError,
+    RemoteError,
+    RequestError,
+    RequestTimeoutError,
+)
+from inference_graph.runtime.request_plane import EndpointClient, EndpointServer
+
+COMPONENT = "decode"
+
+
+class Servers:
+    """Starts EndpointServers on their own connections; stops them all at teardown."""
+
+    def __init__(self, url: str, namespace: str):
+        self.url, self.namespace = url, namespace
+        self.servers: list[EndpointServer] = []
+        self.conns = []
+
+    async def start(self, instance_id: str, handlers: dict) -> EndpointServer:
+        nc = await nats.connect(self.url)
+        self.conns.append(nc)
+        server = EndpointServer(nc, self.namespace, COMPONENT, instance_id)
+        for endpoint, handler in handlers.items():
+            await server.serve(endpoint, handler)
+        self.servers.append(server)
+        return server
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.stop(drain_timeout=1)
+        for nc in self.conns:
+            await nc.close()
+
+
+@pytest.fixture
+async def servers(nats_server, namespace):
+    s = Servers(nats_server.url, namespace)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def client(nc, namespace):
+    c = EndpointClient(nc, namespace, COMPONENT)
+    yield c
+    await c.close()
+
+
+def whoami(instance_id: str):
+    async def handler(payload: bytes):
+        yield instance_id.encode()
+        yield payload
+
+    return handler
+
+
+class Hang:
+    """A handler that yields once and then waits forever; records that its finally ran."""
+
+    def __init__(self):
+        self.started = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, payload: bytes):
+        try:
+            yield b"first"
+            self.started.set()
+            await self.release.wait()
+            yield b"last"
+        finally:
+            self.finished.set()
+
+
+async def collect(client: EndpointClient, *args, **kwargs) -> list[bytes]:
+    return [chunk async for chunk in client.stream(*args, **kwargs)]
+
+
+async def test_load_balanced_spreads_and_directed_reaches_instance(servers, client):
+    await servers.start("s1", {"gen": whoami("s1")})
+    await servers.start("s2", {"gen": whoami("s2")})
+    results = await asyncio.gather(*(collect(client, "gen", b"p%d" % i) for i in range(40)))
+    assert all(r[1] == b"p%d" % i for i, r in enumerate(results))
+    counts = Counter(r[0] for r in results)
+    assert set(counts) == {b"s1", b"s2"}, counts
+
+    directed = await asyncio.gather(*(collect(client, "gen", b"x", instance_id="s2") for _ in range(10)))
+    assert all(r[0] == b"s2" for r in directed)
+
+
+async def test_error_frames_carry_error_info(servers, client):
+    info = wire.ErrorInfo(400, "invalid_request_error", "prompt too long", param="prompt", code="ctx")
+
+    async def bad_request(payload: bytes):
+        yield b"partial"
+        raise RequestError(info)
+
+    async def crash(payload: bytes):
+        raise ValueError("kaboom")
+        yield b""  # pragma: no cover - makes this an async generator
+
+    await servers.start("s1", {"bad": bad_request, "crash": crash})
+    got = []
+    with pytest.raises(RemoteError) as exc:
+        async for chunk in client.stream("bad", b""):
+            got.append(chunk)
+    assert got == [b"partial"]
+    assert exc.value.info == info and exc.value.instance_id == "s1" and exc.value.status == 400
+
+    with pytest.raises(RemoteError) as exc:
+        await collect(client, "crash", b"")
+    assert exc.value.info.status == 500 and "kaboom" in exc.value.info.message
+
+
+async def test_no_responders_fails_fast(servers, client):
+    await servers.start("s1", {"gen": whoami("s1")})
+    for kwargs in ({}, {"instance_id": "nobody"}):
+        endpoint = "gen" if kwargs else "missing"
+        t0 = time.monotonic()
+        with pytest.raises(NoRespondersError):
+            await collect(client, endpoint, b"", ack_timeout=5, **kwargs)
+        assert time.monotonic() - t0 < 0.5
+
+
+async def test_consumer_early_exit_cancels_the_handler(servers, client):
+    hang = Hang()
+    await servers.start("s1", {"gen": hang})
+    async with contextlib.aclosing(client.stream("gen", b"")) as stream:
+        async for chunk in stream:
+            assert chunk == b"first"
+            break
+    await asyncio.wait_for(hang.finished.wait(), 2)
+    assert client.in_flight == 0
+
+
+async def test_cancelled_consumer_task_cancels_the_handler(servers, client):
+    hang = Hang()
+    await servers.start("s1", {"gen": hang})
+    task = asyncio.create_task(collect(client, "gen", b""))
+    await asyncio.wait_for(hang.started.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(hang.finished.wait(), 2)
+
+
+async def test_instance_lost_fails_in_flight_stream_promptly(servers, client):
+    await servers.start("s1", {"gen": Hang()})
+    stream = client.stream("gen", b"")
+    assert await anext(stream) == b"first"
+    task = asyncio.create_task(anext(stream))
+    t0 = time.monotonic()
+    client.on_instance_event("removed", wire.InstanceInfo(instance_id="s1", namespace="", component=""))
+    with pytest.raises(InstanceLostError) as exc:
+        await asyncio.wait_for(task, 2)
+    assert exc.value.instance_id == "s1"
+    assert time.monotonic() - t0 < 0.2
+    assert client.instance_lost("s1") == 0  # nothing left in flight
+
+
+async def test_ack_from_an_already_lost_instance_fails_the_stream(servers, client):
+    """The loss notice can overtake the ACK; the stream must not wait for a dead instance."""
+    await servers.start("s1", {"gen": Hang()})
+    client.instance_lost("s1")
+    with pytest.raises(InstanceLostError):
+        await asyncio.wait_for(collect(client, "gen", b""), 2)
+
+
+async def test_stop_drains_in_flight_then_refuses(servers, client):
+    hang = Hang()
+    server = await servers.start("s1", {"gen": hang})
+    stream = client.stream("gen", b"")
+    assert await anext(stream) == b"first"
+    await asyncio.wait_for(hang.started.wait(), 2)
+
+    stopping = asyncio.create_task(server.stop(drain_timeout=10))
+    await asyncio.wait_for(server.closed_to_new_requests.wait(), 2)
+    with pytest.raises(NoRespondersError):  # no longer takes new requests
+        await collect(client, "gen", b"")
+    assert not stopping.done()  # ...but still serves the one in flight
+    hang.release.set()
+    assert [chunk async for chunk in stream] == [b"last"]
+    await asyncio.wait_for(stopping, 2)
+
+
+async def test_stop_deadline_cancels_streams_with_503(servers, client):
+    hang = Hang()
+    server = await servers.start("s1", {"gen": hang})
+    task = asyncio.create_task(collect(client, "gen", b""))
+    await asyncio.wait_for(hang.started.wait(), 2)
+    await server.stop(drain_timeout=0.1)
+    assert hang.finished.is_set()
+    with pytest.raises(RemoteError) as exc:
+        await task
+    assert exc.value.status == 503
+
+
+async def test_ack_and_idle_timeouts(servers, client, nc, namespace):
+    mute = await nc.subscribe(f"ig.{namespace}.{COMPONENT}.mute")  # takes requests, never answers
+    with pytest.raises(RequestTimeoutError) as exc:
+        await collect(client, "mute", b"", ack_timeout=0.2)
+    assert exc.value.phase == "ack"
+    await mute.unsubscribe()
+
+    hang = Hang()
+    await servers.start("s1", {"gen": hang})
+    with pytest.raises(RequestTimeoutError) as exc:
+        await collect(client, "gen", b"", idle_timeout=0.2)
+    assert exc.value.phase == "idle" and exc.value.instance_id == "s1"
+    await asyncio.wait_for(hang.finished.wait(), 2)  # the remote stream was cancelled
+
+
+async def test_sequence_gap_is_a_protocol_error(client, nc, namespace):
+    async def bad_server(msg):
+        enc = wire.encoder.encode
+        await nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.ACK, 0, instance_id="raw")))
+        await nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.DATA, 2, payload=b"x")))
+
+    await nc.subscribe(f"ig.{namespace}.{COMPONENT}.gappy", cb=bad_server)
+    with pytest.raises(ProtocolError, match="expected 1"):
+        await collect(client, "gappy", b"")
+
+
+async def test_frame_latency(servers, client, capsys):
+    """Frames are flushed at once: nats-py's flusher adds no timer delay per frame.
+
+    Ping-pong: the handler sends the next frame only after the client got the last
+    one, so each delay is pure delivery latency with no backlog. Then a burst for
+    throughput, then whole small requests back to back.
+    """
+    n = 500
+    got = asyncio.Event()
+
+    async def pingpong(payload: bytes):
+        for _ in range(n):
+            got.clear()
+            yield struct.pack("d", time.perf_counter())
+            await got.wait()
+
+    async def burst(payload: bytes):
+        for i in range(5000):
+            yield b"x" * 32
+            if i % 16 == 0:
+                await asyncio.sleep(0)  # an engine step boundary
+
+    await servers.start("s1", {"pingpong": pingpong, "burst": burst, "echo": whoami("s1")})
+    delays = []
+    async for chunk in client.stream("pingpong", b""):
+        delays.append((time.perf_counter() - struct.unpack("d", chunk)[0]) * 1000)
+        got.set()
+    t0 = time.perf_counter()
+    frames = len(await collect(client, "burst", b""))
+    rate = frames / (time.perf_counter() - t0)
+    rtts = []
+    for _ in range(200):
+        t = time.perf_counter()
+        await collect(client, "echo", b"x")
+        rtts.append((time.perf_counter() - t) * 1000)
+    delays.sort()
+    rtts.sort()
+    with capsys.disabled():
+        print(
+            f"\n[request plane] frame latency p50 {statistics.median(delays):.3f} ms "
+            f"p99 {delays[int(0.99 * len(delays))]:.3f} ms; burst {rate:.0f} frames/s; "
+            f"request round trip (ACK+2 DATA+END) p50 {statistics.median(rtts):.3f} ms "
+            f"p99 {rtts[int(0.99 * len(rtts))]:.3f} ms"
+        )
+    assert statistics.median(delays) < 5
+    assert statistics.median(rtts) < 20
