@@ -12,20 +12,64 @@ import pytest
 from inference_graph import wire as w
 
 GOLDEN = [
-    ("ErrorInfo", "w.ErrorInfo(status=400, type='invalid_request_error', message='bad', param='max_tokens', code='x')", "95cd0190b5696e76616c69645f726571756573745f6572726f72a3626164aa6d61785f746f6b656e73a178"),
-    ("ResponseFrame", "w.ResponseFrame(kind=w.FrameKind.DATA, seq=3, payload=b'ab', instance_id='i1')", "950103c4026162c0a26931"),
+    (
+        "ErrorInfo",
+        "w.ErrorInfo(status=400, type='invalid_request_error', message='bad', param='max_tokens', code='x')",
+        "95cd0190b5696e76616c69645f726571756573745f6572726f72a3626164aa6d61785f746f6b656e73a178",
+    ),
+    (
+        "ResponseFrame",
+        "w.ResponseFrame(kind=w.FrameKind.DATA, seq=3, payload=b'ab', instance_id='i1')",
+        "950103c4026162c0a26931",
+    ),
     ("CancelRequest", "w.CancelRequest(request_id='r1')", "91a27231"),
-    ("SamplingOptions", "w.SamplingOptions(max_tokens=8, min_tokens=1, temperature=0.5, top_p=0.9, top_k=5, seed=7, presence_penalty=0.1, frequency_penalty=0.2, repetition_penalty=1.1, stop_token_ids=[2], ignore_eos=True, logprobs=2)", "9c0801cb3fe0000000000000cb3feccccccccccccd0507cb3fb999999999999acb3fc999999999999acb3ff199999999999a9102c302"),
-    ("GenerateRequest", "w.GenerateRequest(request_id='r1', token_ids=[1, 2, 3], sampling=w.SamplingOptions(max_tokens=4), model='m')", "94a27231930102039c0400cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c0a16d"),
-    ("TokenLogprob", "w.TokenLogprob(token_id=5, logprob=-0.5, top=[(5, -0.5), (6, -1.5)])", "9305cbbfe0000000000000929205cbbfe00000000000009206cbbff8000000000000"),
-    ("GenerateOutput", "w.GenerateOutput(token_ids=[4, 5], finish_reason='stop', num_prompt_tokens=3, num_cached_tokens=2, logprobs=[w.TokenLogprob(token_id=4, logprob=-1.0)], stop_token_id=5)", "96920405a473746f700302919304cbbff00000000000009005"),
+    (
+        "SamplingOptions",
+        "w.SamplingOptions(max_tokens=8, min_tokens=1, temperature=0.5, top_p=0.9, top_k=5, seed=7, presence_penalty=0.1, frequency_penalty=0.2, repetition_penalty=1.1, stop_token_ids=[2], ignore_eos=True, logprobs=2)",
+        "9c0801cb3fe0000000000000cb3feccccccccccccd0507cb3fb999999999999acb3fc999999999999acb3ff199999999999a9102c302",
+    ),
+    (
+        "GenerateRequest",
+        "w.GenerateRequest(request_id='r1', token_ids=[1, 2, 3], sampling=w.SamplingOptions(max_tokens=4), model='m')",
+        "94a27231930102039c0400cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c0a16d",
+    ),
+    (
+        "TokenLogprob",
+        "w.TokenLogprob(token_id=5, logprob=-0.5, top=[(5, -0.5), (6, -1.5)])",
+        "9305cbbfe0000000000000929205cbbfe00000000000009206cbbff8000000000000",
+    ),
+    (
+        "GenerateOutput",
+        "w.GenerateOutput(token_ids=[4, 5], finish_reason='stop', num_prompt_tokens=3, num_cached_tokens=2, logprobs=[w.TokenLogprob(token_id=4, logprob=-1.0)], stop_token_id=5)",
+        "96920405a473746f700302919304cbbff00000000000009005",
+    ),
     ("ChatMessage", "w.ChatMessage(role='user', content='hi', name='bob')", "93a475736572a26869a3626f62"),
-    ("ProcessRequest", "w.ProcessRequest(request_id='r1', model='m', kind='chat', sampling=w.SamplingOptions(), messages=[w.ChatMessage(role='user', content='hi')], prompt=None, stop=['.'], n=2, echo=True, include_stop_str_in_output=True, skip_special_tokens=False, add_generation_prompt=False, chat_template_kwargs={'x': 1})", "9da27231a16da4636861749c1000cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c09193a475736572a26869c0c091a12e02c3c3c2c281a17801"),
-    ("TextLogprob", "w.TextLogprob(token='a', logprob=-0.25, bytes=[97], top=[('a', -0.25, [97])])", "94a161cbbfd000000000000091619193a161cbbfd00000000000009161"),
+    (
+        "ProcessRequest",
+        "w.ProcessRequest(request_id='r1', model='m', kind='chat', sampling=w.SamplingOptions(), messages=[w.ChatMessage(role='user', content='hi')], prompt=None, stop=['.'], n=2, echo=True, include_stop_str_in_output=True, skip_special_tokens=False, add_generation_prompt=False, chat_template_kwargs={'x': 1})",
+        "9da27231a16da4636861749c1000cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c09193a475736572a26869c0c091a12e02c3c3c2c281a17801",
+    ),
+    (
+        "TextLogprob",
+        "w.TextLogprob(token='a', logprob=-0.25, bytes=[97], top=[('a', -0.25, [97])])",
+        "94a161cbbfd000000000000091619193a161cbbfd00000000000009161",
+    ),
     ("Usage", "w.Usage(prompt_tokens=3, completion_tokens=4, cached_tokens=2)", "93030402"),
-    ("ProcessOutput", "w.ProcessOutput(index=1, text='hi', num_tokens=2, finish_reason='stop', stop_reason='.', usage=w.Usage(prompt_tokens=1, completion_tokens=2))", "9701a2686902a473746f70a12ec093010200"),
-    ("KvEventBatch", "w.KvEventBatch(instance_id='i1', seq=9, timestamp=1.5, events=[w.BlockStored(block_hashes=[1, 2], parent_block_hash=None, token_ids=[1, 2, 3, 4], block_size=2), w.BlockRemoved(block_hashes=[1]), w.AllBlocksCleared()])", "94a2693109cb3ff80000000000009395ab426c6f636b53746f726564920102c094010203040292ac426c6f636b52656d6f766564910191b0416c6c426c6f636b73436c6561726564"),
-    ("LoadMetrics", "w.LoadMetrics(instance_id='i1', timestamp=2.5, running=3, waiting=1, kv_usage=0.25, num_kv_blocks=100)", "96a26931cb40040000000000000301cb3fd000000000000064"),
+    (
+        "ProcessOutput",
+        "w.ProcessOutput(index=1, text='hi', num_tokens=2, finish_reason='stop', stop_reason='.', usage=w.Usage(prompt_tokens=1, completion_tokens=2))",
+        "9701a2686902a473746f70a12ec093010200",
+    ),
+    (
+        "KvEventBatch",
+        "w.KvEventBatch(instance_id='i1', seq=9, timestamp=1.5, events=[w.BlockStored(block_hashes=[1, 2], parent_block_hash=None, token_ids=[1, 2, 3, 4], block_size=2), w.BlockRemoved(block_hashes=[1]), w.AllBlocksCleared()])",
+        "94a2693109cb3ff80000000000009395ab426c6f636b53746f726564920102c094010203040292ac426c6f636b52656d6f766564910191b0416c6c426c6f636b73436c6561726564",
+    ),
+    (
+        "LoadMetrics",
+        "w.LoadMetrics(instance_id='i1', timestamp=2.5, running=3, waiting=1, kv_usage=0.25, num_kv_blocks=100)",
+        "96a26931cb40040000000000000301cb3fd000000000000064",
+    ),
 ]
 
 
@@ -44,5 +88,10 @@ def test_golden_bytes_decode_to_the_same_value(name, expr, golden):
 def test_instance_info_is_json_by_field_name():
     info = w.InstanceInfo(instance_id="i1", namespace="g", component="decode", block_size=32)
     data = msgspec.json.encode(info)
-    assert msgspec.json.decode(data) == {"instance_id": "i1", "namespace": "g", "component": "decode", "block_size": 32}
+    assert msgspec.json.decode(data) == {
+        "instance_id": "i1",
+        "namespace": "g",
+        "component": "decode",
+        "block_size": 32,
+    }
     assert msgspec.json.decode(data, type=w.InstanceInfo) == info

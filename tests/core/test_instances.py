@@ -40,7 +40,10 @@ def test_gpus_follow_tensor_parallel_size_for_workers_only():
 
 def test_spec_endpoints_override_runtime_defaults_and_user_env_wins():
     g = graph(
-        infrastructure={"nats": {"url": "nats://spec:4222"}, "etcd": {"endpoints": ["http://a:2379", "http://b:2379"]}},
+        infrastructure={
+            "nats": {"url": "nats://spec:4222"},
+            "etcd": {"endpoints": ["http://a:2379", "http://b:2379"]},
+        },
         services={"decode": {"env": {NATS_ENV: "nats://user:4222"}}},
     )
     instances = by_role(desired_instances(g, "/g.yaml", INFRA))

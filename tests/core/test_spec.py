@@ -38,7 +38,11 @@ def test_shipped_configs_are_valid(path):
         ({"engine": {"blockSize": 0}}, "spec.engine.blockSize", "greater than or equal to 1"),
         ({"engine": {"type": "tgi"}}, "spec.engine.type", "'vllm'"),
         ({"engine": {"typo": 1}}, "spec.engine.typo", "Extra inputs"),
-        ({"services": {"decode": {"replicas": -1}}}, "spec.services.decode.replicas", "greater than or equal"),
+        (
+            {"services": {"decode": {"replicas": -1}}},
+            "spec.services.decode.replicas",
+            "greater than or equal",
+        ),
         ({"routing": {"strategy": "nearest"}}, "spec.routing.strategy", "round-robin"),
         ({"services": {"prefill": {"replicas": 1}}}, "spec", "disaggregation.enabled"),
     ],

@@ -55,6 +55,8 @@ TINY_OVERRIDES = [
 @pytest.fixture(scope="module")
 def tiny_graph(start_graph, request):
     """The default graph serving the tiny random model: fast to start, meaningless text."""
-    graph = start_graph(request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"), overrides=TINY_OVERRIDES)
+    graph = start_graph(
+        request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"), overrides=TINY_OVERRIDES
+    )
     yield graph
     graph.stop()

@@ -73,10 +73,18 @@ class LocalGraph:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        argv = [sys.executable, "-m", "inference_graph.launcher", "serve", str(REPO / config), "--port", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "inference_graph.launcher",
+            "serve",
+            str(REPO / config),
+            "--port",
+            str(port),
+        ]
         for item in overrides:
             argv += ["--set", item]
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             argv, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
         )
@@ -105,6 +113,8 @@ class LocalGraph:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"launcher did not stop within {timeout} s:\n{self.log()[-4000:]}") from None
+                raise AssertionError(
+                    f"launcher did not stop within {timeout} s:\n{self.log()[-4000:]}"
+                ) from None
         self._log.close()
         return self.proc.returncode

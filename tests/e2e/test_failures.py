@@ -19,7 +19,14 @@ from .conftest import TINY_OVERRIDES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-LONG = {"model": "tiny", "prompt": "hello", "max_tokens": 4000, "stream": True, "ignore_eos": True, "temperature": 0}
+LONG = {
+    "model": "tiny",
+    "prompt": "hello",
+    "max_tokens": 4000,
+    "stream": True,
+    "ignore_eos": True,
+    "temperature": 0,
+}
 
 
 async def wait_until(predicate, timeout: float, what: str) -> None:
@@ -38,7 +45,9 @@ async def watch_load(nats_url: str, namespace: str) -> tuple[nats.NATS, dict]:
     return nc, latest
 
 
-async def test_client_disconnect_aborts_the_engine_request_and_frees_its_kv_blocks(start_graph, infrastructure):
+async def test_client_disconnect_aborts_the_engine_request_and_frees_its_kv_blocks(
+    start_graph, infrastructure
+):
     graph = start_graph("disconnect", overrides=TINY_OVERRIDES, env={"IG_LOAD_INTERVAL": "0.05"})
     nc, load = await watch_load(infrastructure["NATS_SERVER"], "disconnect")
     async with httpx.AsyncClient(base_url=graph.base_url, timeout=60) as http:
@@ -49,12 +58,17 @@ async def test_client_disconnect_aborts_the_engine_request_and_frees_its_kv_bloc
                 events += line.startswith("data: ")
                 if events >= 5:
                     break
-            await wait_until(lambda: any(m.running == 1 and m.kv_usage > 0 for m in load.values()), 10, "a running request")
+            await wait_until(
+                lambda: any(m.running == 1 and m.kv_usage > 0 for m in load.values()), 10, "a running request"
+            )
         # The client has gone. 4000 tokens take well over 10 s on this model, so only
         # an abort frees the blocks within the deadline below.
         gone = time.time()
         await wait_until(
-            lambda: load and all(m.timestamp > gone and m.running == 0 and m.kv_usage == 0.0 for m in load.values()),
+            lambda: (
+                load
+                and all(m.timestamp > gone and m.running == 0 and m.kv_usage == 0.0 for m in load.values())
+            ),
             5,
             "the engine to abort the request and free its KV blocks",
         )
@@ -75,18 +89,23 @@ async def test_killed_worker_fails_its_request_and_leaves_routing(start_graph, i
         async with http.stream("POST", "/v1/completions", json=LONG) as response:
             lines = response.aiter_lines()
             assert (await anext(lines)).startswith("data: ")
-            await wait_until(lambda: any(m.running == 1 for m in load.values()), 10, "the serving worker's load")
+            await wait_until(
+                lambda: any(m.running == 1 for m in load.values()), 10, "the serving worker's load"
+            )
             victim = next(i for i, m in load.items() if m.running == 1)
             os.kill(workers.instances[victim].pid, signal.SIGKILL)
             killed = time.monotonic()
-            rest = [line async for line in lines]  # must end, not hang
+            # Its lease has not expired yet, so routing still lists it; requests sent to it
+            # now are refused before any token and go to the live worker instead.
+            assert victim in workers.instances
+            body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+            responses = [await http.post("/v1/completions", json=body) for _ in range(4)]
+            statuses = [r.status_code for r in responses]
+            assert statuses == [200] * 4, [r.text for r in responses if r.status_code != 200]
+            rest = [line async for line in lines]  # the request it was serving must end, not hang
         assert time.monotonic() - killed < 20
         assert any('"error"' in line for line in rest), rest[-3:]
-
         await workers.wait_for(lambda instances: victim not in instances, 15)
-        for _ in range(4):
-            body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
-            assert (await http.post("/v1/completions", json=body)).status_code == 200
     await workers.close()
     await discovery.close()
     await nc.close()

@@ -17,9 +17,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 def test_tensor_parallel_on_cpu_is_a_clear_error():
     result = subprocess.run(
-        [sys.executable, "-m", "inference_graph.launcher", "serve", "configs/agg.yaml",
-         "--set", "services.decode.tensorParallelSize=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "inference_graph.launcher",
+            "serve",
+            "configs/agg.yaml",
+            "--set",
+            "services.decode.tensorParallelSize=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "spec.services.decode.tensorParallelSize" in result.stderr
@@ -29,8 +39,13 @@ def test_tensor_parallel_on_cpu_is_a_clear_error():
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_stopping_the_launcher_leaves_no_process(tmp_path, tiny_model, how):
     # No NATS_SERVER / ETCD_ENDPOINTS: the launcher starts embedded servers too.
-    graph = LocalGraph("configs/agg.yaml", free_port(), [f"metadata.name=stop-{how}", *TINY_OVERRIDES], {},
-                       tmp_path / "launcher.log")
+    graph = LocalGraph(
+        "configs/agg.yaml",
+        free_port(),
+        [f"metadata.name=stop-{how}", *TINY_OVERRIDES],
+        {},
+        tmp_path / "launcher.log",
+    )
     graph.wait_ready()
     processes = descendants(graph.proc.pid)
     assert len(processes) >= 5, graph.log()  # nats-server, etcd, frontend, processor, decode

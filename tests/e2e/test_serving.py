@@ -54,7 +54,9 @@ def test_streamed_chat_equals_non_streamed(client):
 
 def test_completions_streaming_and_not(client):
     whole = client.completions.create(model="tiny", prompt="The capital of France is", **GREEDY)
-    streamed = client.completions.create(model="tiny", prompt="The capital of France is", stream=True, **GREEDY)
+    streamed = client.completions.create(
+        model="tiny", prompt="The capital of France is", stream=True, **GREEDY
+    )
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
     assert whole.usage.completion_tokens == 12
     echoed = client.completions.create(model="tiny", prompt="The capital of France is", echo=True, **GREEDY)
@@ -63,7 +65,13 @@ def test_completions_streaming_and_not(client):
 
 def test_n_choices_are_independent_samples(client):
     response = client.chat.completions.create(
-        model="tiny", messages=MESSAGES, n=3, temperature=1.0, seed=1, max_tokens=8, extra_body={"ignore_eos": True}
+        model="tiny",
+        messages=MESSAGES,
+        n=3,
+        temperature=1.0,
+        seed=1,
+        max_tokens=8,
+        extra_body={"ignore_eos": True},
     )
     assert sorted(c.index for c in response.choices) == [0, 1, 2]
     assert response.usage.completion_tokens == 24
@@ -97,15 +105,29 @@ def test_stop_string_cuts_the_text(client):
         (b"{not json", 400, None),
         (b'{"model": "tiny"}', 400, "messages"),
         (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
-        (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}', 400, "max_tokens"),
-        (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}', 400, "max_tokens"),
-        (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}', 400, "temperature"),
+        (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}',
+            400,
+            "max_tokens",
+        ),
+        (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}',
+            400,
+            "max_tokens",
+        ),
+        (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}',
+            400,
+            "temperature",
+        ),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
     ],
 )
 def test_bad_requests_get_openai_errors(tiny_graph, body, status, param):
     response = httpx.post(
-        tiny_graph.base_url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        tiny_graph.base_url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == status
     error = response.json()["error"]

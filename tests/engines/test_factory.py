@@ -41,6 +41,11 @@ async def test_block_size_must_suit_cpu():
 def test_request_error_to_wire():
     err = EngineRequestError(400, "prompt too long", "messages")
     info = err.to_error_info()
-    assert (info.status, info.type, info.message, info.param) == (400, "invalid_request_error", "prompt too long", "messages")
+    assert (info.status, info.type, info.message, info.param) == (
+        400,
+        "invalid_request_error",
+        "prompt too long",
+        "messages",
+    )
     assert EngineRequestError(503, "down").type == "service_unavailable"
     assert EngineRequestError(500, "boom").type == "internal_error"

@@ -36,8 +36,14 @@ def test_decode_payload_as_observed_on_vllm_0_32():
                     "medium": "GPU",
                     "group_idx": 0,
                 },
-                {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": None, "token_ids": [1] * 32,
-                 "block_size": 32, "medium": "CPU"},  # an offload tier: not this engine's cache
+                {
+                    "type": "BlockStored",
+                    "block_hashes": [1],
+                    "parent_block_hash": None,
+                    "token_ids": [1] * 32,
+                    "block_size": 32,
+                    "medium": "CPU",
+                },  # an offload tier: not this engine's cache
                 {"type": "BlockRemoved", "block_hashes": [h1], "medium": "GPU"},
                 {"type": "AllBlocksCleared"},
                 {"type": "SomethingNew"},
@@ -71,8 +77,13 @@ async def test_subscriber_reports_sequence_gaps(tmp_path, caplog):
     pub = ctx.socket(zmq.XPUB)  # an XPUB sees the subscription arrive: no slow-joiner race
     pub.bind(endpoint)
     sub = KvEventSubscriber(endpoint, "kv")
-    stored = {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": None, "token_ids": [0] * 32,
-              "block_size": 32}
+    stored = {
+        "type": "BlockStored",
+        "block_hashes": [1],
+        "parent_block_hash": None,
+        "token_ids": [0] * 32,
+        "block_size": 32,
+    }
 
     def send(seq: int) -> None:
         pub.send_multipart([b"kv", seq.to_bytes(8, "big"), msgspec.msgpack.encode([0.0, [stored], 0])])

@@ -26,8 +26,9 @@ MAX_MODEL_LEN = 512
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny_model_path):
-    eng = VllmEngine(tiny_model_path, block_size=BLOCK, max_model_len=MAX_MODEL_LEN, kv_cache_gib=0.25,
-                     max_num_seqs=16)
+    eng = VllmEngine(
+        tiny_model_path, block_size=BLOCK, max_model_len=MAX_MODEL_LEN, kv_cache_gib=0.25, max_num_seqs=16
+    )
     await eng.start()
     yield eng
     await eng.shutdown()
@@ -43,11 +44,11 @@ async def run(engine: VllmEngine, request_id: str, prompt: list[int], sampling: 
     return frames, tokens
 
 
-async def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
+async def wait_for(condition, limit_s: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + limit_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
+            raise AssertionError(f"{what} not reached within {limit_s}s")
         await asyncio.sleep(0.02)
 
 
@@ -61,7 +62,7 @@ async def test_info_after_start(engine):
 async def test_greedy_is_deterministic_and_counts_tokens(engine):
     prompt = list(range(100, 140))
     frames_a, tokens_a = await run(engine, "greedy-a", prompt, greedy(12))
-    frames_b, tokens_b = await run(engine, "greedy-b", prompt, greedy(12))
+    _frames_b, tokens_b = await run(engine, "greedy-b", prompt, greedy(12))
     assert len(tokens_a) == 12
     assert tokens_a == tokens_b
     assert frames_a[-1].finish_reason == "length"
@@ -117,7 +118,9 @@ async def test_invalid_sampling_is_a_clear_error(engine):
 
 
 async def _free(engine: VllmEngine) -> None:
-    await wait_for(lambda: engine.load().running == 0 and engine.load().kv_usage == 0.0, what="KV blocks freed")
+    await wait_for(
+        lambda: engine.load().running == 0 and engine.load().kv_usage == 0.0, what="KV blocks freed"
+    )
 
 
 async def test_closing_the_stream_aborts_and_frees_kv(engine):
@@ -137,7 +140,9 @@ async def test_cancelling_the_consumer_aborts_and_frees_kv(engine):
     started = asyncio.Event()
 
     async def consume():
-        async for _frame in engine.generate(wire.GenerateRequest("abort-cancel", list(range(900, 1100)), greedy(1000))):
+        async for _frame in engine.generate(
+            wire.GenerateRequest("abort-cancel", list(range(900, 1100)), greedy(1000))
+        ):
             started.set()
 
     task = asyncio.create_task(consume())
@@ -182,10 +187,12 @@ async def test_kv_events_report_stored_prompt_blocks(engine):
 async def test_shutdown_leaves_no_processes(engine):
     """Last in the module: stops the shared engine (the fixture's shutdown is then a no-op)."""
     me = psutil.Process()
-    engine_children = [p for p in me.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+    engine_children = [
+        p for p in me.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())
+    ]
     assert engine_children, "the engine core should run in a child process"
     await engine.shutdown()
-    gone, alive = psutil.wait_procs(engine_children, timeout=10)
+    _gone, alive = psutil.wait_procs(engine_children, timeout=10)
     assert not alive
     with pytest.raises(EngineRequestError) as info:
         await run(engine, "after-shutdown", [1, 2, 3], greedy(1))

@@ -1,4 +1,4 @@
-"""The engine core child dies with the process that started it, even on SIGKILL."""
+"""The engine core child (and its temp dir) goes with the process that started it, even on SIGKILL."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
         engine = VllmEngine(sys.argv[1], max_model_len=256, kv_cache_gib=0.1)
         await engine.start()
         kids = [p.pid for p in psutil.Process().children(recursive=True)]
-        print("READY", *kids, flush=True)
+        print("READY", engine._tmpdir, *kids, flush=True)
         await asyncio.sleep(600)
 
     if __name__ == "__main__":
@@ -49,13 +49,18 @@ def test_engine_core_dies_when_its_parent_is_killed(tiny_model_path, tmp_path):
         while not line.startswith("READY"):
             assert time.monotonic() < deadline and proc.poll() is None, "the engine did not start"
             line = proc.stdout.readline()
-        kids = [psutil.Process(int(pid)) for pid in line.split()[1:]]
+        tmpdir, *pids = line.split()[1:]
+        kids = [psutil.Process(int(pid)) for pid in pids]
         engine_core = [p for p in kids if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
         assert engine_core, [(p.pid, p.name()) for p in kids]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         _gone, alive = psutil.wait_procs(engine_core, timeout=20)
         assert not alive, "the engine core outlived its parent"
+        deadline = time.monotonic() + 10
+        while os.path.exists(tmpdir):  # the guard also removes the engine's private temp dir
+            assert time.monotonic() < deadline, f"{tmpdir} was left behind"
+            time.sleep(0.05)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -22,10 +22,14 @@ async def test_smollm2_knows_the_capital_of_france():
         tokenize=True,
         return_dict=False,
     )
-    engine = VllmEngine(path, max_model_len=1024, kv_cache_gib=0.25, max_num_seqs=4, served_model_name="smollm2")
+    engine = VllmEngine(
+        path, max_model_len=1024, kv_cache_gib=0.25, max_num_seqs=4, served_model_name="smollm2"
+    )
     await engine.start()
     try:
-        request = wire.GenerateRequest("paris", list(prompt), wire.SamplingOptions(max_tokens=24, temperature=0.0))
+        request = wire.GenerateRequest(
+            "paris", list(prompt), wire.SamplingOptions(max_tokens=24, temperature=0.0)
+        )
         frames = [f async for f in engine.generate(request)]
     finally:
         await engine.shutdown()

@@ -9,6 +9,7 @@ from inference_graph.roles.processor import (
     Processor,
     RandomStrategy,
     RoundRobinStrategy,
+    WorkerUnreachable,
 )
 
 from .fakes import FakeWorkers, Script, StaticDirectory
@@ -189,6 +190,44 @@ async def test_no_instances_is_503(tiny):
     with pytest.raises(ProcessingError) as caught:
         await collect(processor, chat())
     assert (caught.value.info.status, caught.value.info.type) == (503, "service_unavailable")
+
+
+class UnreachableInstances(FakeWorkers):
+    """Instances in ``dead`` refuse every request before the first frame, as a
+    worker that died but is still listed in discovery does."""
+
+    def __init__(self, script, dead):
+        super().__init__(script)
+        self.dead = set(dead)
+
+    async def generate(self, request, instance_id):
+        if instance_id in self.dead:
+            self.calls.append((request, instance_id))
+            raise WorkerUnreachable(instance_id)
+        async for output in super().generate(request, instance_id):
+            yield output
+
+
+async def test_unreachable_worker_is_skipped_before_anything_is_generated(tiny):
+    reply = tiny.encode_text("Paris.")
+    workers = UnreachableInstances(lambda _request: Script(reply), dead={"w-1"})
+    processor = Processor(
+        tiny, MAX_MODEL_LEN, "test-model", workers, StaticDirectory(["w-1", "w-2"]), RoundRobinStrategy()
+    )
+    frames = await collect(processor, chat())
+    assert text_of(frames) == "Paris."
+    assert [instance for _, instance in workers.calls] == ["w-1", "w-2"]
+
+
+async def test_all_workers_unreachable_is_503(tiny):
+    workers = UnreachableInstances(lambda _request: Script([1]), dead={"w-1", "w-2"})
+    processor = Processor(
+        tiny, MAX_MODEL_LEN, "test-model", workers, StaticDirectory(["w-1", "w-2"]), RoundRobinStrategy()
+    )
+    with pytest.raises(ProcessingError) as caught:
+        await collect(processor, chat())
+    assert caught.value.info.status == 503
+    assert sorted(instance for _, instance in workers.calls) == ["w-1", "w-2"]
 
 
 @pytest.mark.parametrize(

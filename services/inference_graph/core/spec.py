@@ -32,9 +32,7 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class Role(str, enum.Enum):
@@ -65,12 +63,16 @@ class EngineType(str, enum.Enum):
 
 class EngineSpec(_Model):
     type: EngineType = EngineType.VLLM
-    block_size: int = Field(default=32, ge=1, description="Tokens per KV block (vLLM on CPU needs a multiple of 32).")
+    block_size: int = Field(
+        default=32, ge=1, description="Tokens per KV block (vLLM on CPU needs a multiple of 32)."
+    )
     max_model_len: int = Field(default=2048, ge=16, description="Context window in tokens.")
     enable_prefix_caching: bool = True
     max_num_seqs: int = Field(default=64, ge=1, description="Most sequences an engine runs at once.")
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size per engine on CPU, in GiB.")
-    extra_args: dict[str, Any] = Field(default_factory=dict, description="More vLLM engine arguments, by their Python names.")
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="More vLLM engine arguments, by their Python names."
+    )
 
 
 class RoutingStrategy(str, enum.Enum):
@@ -89,8 +91,12 @@ class DisaggregationSpec(_Model):
 class ServiceSpec(_Model):
     replicas: int = Field(default=1, ge=0)
     tensor_parallel_size: int = Field(default=1, ge=1)
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment; wins over injected values.")
-    resources: dict[str, Any] = Field(default_factory=dict, description="Kubernetes resource requests/limits.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment; wins over injected values."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Kubernetes resource requests/limits."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     port: int | None = Field(default=None, ge=1, le=65535, description="Listening port (frontend only).")

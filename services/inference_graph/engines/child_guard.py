@@ -7,7 +7,8 @@ keeps running (and polling, ~20% CPU) forever, holding its KV cache memory.
 the pids to protect over a pipe. When the pipe reaches EOF without a
 ``release`` line, or its parent pid changes, the parent is gone: the watchdog
 sends SIGTERM to each watched process and its descendants, then SIGKILL to
-whatever is left after a grace period. A clean ``shutdown`` releases it first.
+whatever is left after a grace period, and deletes the temp paths it was
+given. A clean ``shutdown`` releases it first.
 
 Start times from ``/proc/<pid>/stat`` guard against killing a recycled pid.
 """
@@ -22,12 +23,13 @@ import sys
 log = logging.getLogger(__name__)
 
 _WATCHDOG = r"""
-import os, select, signal, sys, time
+import os, select, shutil, signal, sys, time
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the group must not stop the guard
 parent = int(sys.argv[1])
 grace = float(sys.argv[2])
 watched = {}
+paths = []
 
 def start_time(pid):
     try:
@@ -73,6 +75,8 @@ def kill_all():
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 buf = b""
 while True:
@@ -92,6 +96,8 @@ while True:
         cmd, _, arg = line.decode().partition(" ")
         if cmd == "release":
             sys.exit(0)
+        if cmd == "remove" and arg:
+            paths.append(arg)
         if cmd == "watch" and arg.isdigit():
             t = start_time(int(arg))
             if t is not None:
@@ -119,18 +125,27 @@ class ChildGuard:
         if pid in self._watched or self._proc.stdin is None:
             return
         self._watched.add(pid)
+        self._send(f"watch {pid}")
+
+    def remove_on_death(self, path: str) -> None:
+        """Delete ``path`` (a private temp dir) too if this process dies."""
+        self._send(f"remove {path}")
+
+    def _send(self, line: str) -> None:
+        if self._proc.stdin is None or "\n" in line:
+            return
         try:
-            self._proc.stdin.write(f"watch {pid}\n".encode())
+            self._proc.stdin.write(f"{line}\n".encode())
             self._proc.stdin.flush()
-        except OSError:
-            log.warning("child guard %d is gone; process %d is unguarded", self._proc.pid, pid)
+        except (OSError, ValueError):  # the guard died, or the pipe is closed
+            log.warning("child guard %d is gone; cannot send %r", self._proc.pid, line)
 
     def terminate_watched(self) -> None:
         """Stop the watched processes now (as if this process had died) and end the guard."""
         if self._proc.stdin is not None:
             try:
                 self._proc.stdin.close()  # EOF without "release": the guard kills
-            except OSError:
+            except (OSError, ValueError):
                 pass
         try:
             self._proc.wait(timeout=15)
@@ -144,7 +159,7 @@ class ChildGuard:
             try:
                 self._proc.stdin.write(b"release\n")
                 self._proc.stdin.close()
-            except OSError:
+            except (OSError, ValueError):
                 pass
         try:
             self._proc.wait(timeout=5)

@@ -15,10 +15,17 @@ Environment (process-global, set with ``setdefault`` so the user's env wins;
 read by vLLM and inherited by the engine core child):
 
 - ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the two-process layout above.
-- ``VLLM_CPU_OMP_THREADS_BIND=nobind``: vLLM reads it only for its "mp"
-  executor (unused in our layout), whose "auto" mode pins every engine on a
-  machine to the same last core and, with a KV connector, reserves a second
-  core for NIXL - on 2 cores that costs 0.5-0.9 s per request.
+- ``OMP_NUM_THREADS=1``: one torch thread in the engine core. On a 2-core box
+  shared with the other roles, two OpenMP threads spin-wait on each other
+  whenever one is descheduled: SmolLM2-135M under CPU contention decoded at
+  10 tok/s (batch 1) / 138 tok/s (batch 16) with 2 threads versus 34 / 282
+  with 1; on an idle box 1 thread costs ~25% at batch 16 (437 vs 616 tok/s),
+  nothing at batch 1 (~60 tok/s). Set it in the role's env to change it.
+- ``VLLM_CPU_OMP_THREADS_BIND=nobind``: vLLM reads it only in its "mp"
+  executor (not used in our layout, so it has no effect here), whose "auto"
+  mode pins every engine on a machine to the same last core and, with a KV
+  connector, reserves a second core for NIXL - on 2 cores that cost
+  0.5-0.9 s per request in the NIXL measurements.
 - ``VLLM_NO_USAGE_STATS=1``, ``VLLM_DO_NOT_TRACK=1``: no usage reporting.
 - ``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``: only for a local model directory,
   so nothing reaches for a model hub (an ``hf://`` source still can).
@@ -46,9 +53,9 @@ from .base import EngineInfo, EngineLoad
 from .child_guard import ChildGuard
 from .errors import EngineRequestError
 from .vllm_kv_events import KvEventSubscriber
+from .vllm_outputs import map_error, sampling_params, to_output
 
 if TYPE_CHECKING:
-    from vllm import RequestOutput, SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
@@ -57,11 +64,15 @@ GiB = 1 << 30
 KV_TOPIC = "kv"
 # Engine arguments this class derives from its own parameters.
 _OWNED_ARGS = ("model", "kv_events_config")
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort", "repetition": "stop"}
+
+
+class _ConfigError(ValueError):
+    """A spec.engine setting vLLM cannot take; the message names the field."""
 
 
 def _set_process_env(model_path: str) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
@@ -156,8 +167,9 @@ class VllmEngine:
             max_num_seqs=self.max_num_seqs,
             kv_cache_memory_bytes=int(self.kv_cache_gib * GiB),
             distributed_executor_backend="uni",
-            # Eager: ready in ~12 s instead of 20-40 s (torch.compile on first
-            # start), same decode speed for the small models served on CPU here.
+            # Eager: torch.compile made the first start take 42 s (tiny) to
+            # 108 s (SmolLM2) and later starts ~18 s instead of ~12 s, for the
+            # same decode speed here; it also changed SmolLM2's greedy answer.
             enforce_eager=True,
             disable_log_stats=True,  # our stat logger still receives stats
             enable_log_requests=False,
@@ -169,13 +181,15 @@ class VllmEngine:
         try:
             return AsyncEngineArgs(**kwargs)
         except TypeError as exc:  # an unknown extraArgs key
-            raise ValueError(f"engine.extraArgs: {exc}") from None
+            raise _ConfigError(f"engine.extraArgs: {exc}") from None
 
     async def start(self) -> None:
         if self._llm is not None:
             return
         if self.block_size % 32:
-            raise ValueError(f"engine.blockSize must be a multiple of 32 for vLLM on CPU, got {self.block_size}")
+            raise ValueError(
+                f"engine.blockSize must be a multiple of 32 for vLLM on CPU, got {self.block_size}"
+            )
         _set_process_env(self.model_path)
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             log.warning(
@@ -190,6 +204,7 @@ class VllmEngine:
         # Subscribe before the engine exists so no event is published unheard.
         self._events = KvEventSubscriber(endpoint, KV_TOPIC)
         self._guard = ChildGuard()
+        self._guard.remove_on_death(self._tmpdir)
         me = psutil.Process()
         before = {p.pid for p in me.children()} | {self._guard.pid}
 
@@ -200,7 +215,9 @@ class VllmEngine:
 
             # Handed over in a list, not as the thread's result: the executor's
             # futures and frames would keep the engine alive after shutdown.
-            built.append(AsyncLLM.from_engine_args(self._engine_args(endpoint), stat_loggers=[self._sink.factory()]))
+            built.append(
+                AsyncLLM.from_engine_args(self._engine_args(endpoint), stat_loggers=[self._sink.factory()])
+            )
 
         def guard_new_children() -> None:
             for child in me.children():
@@ -222,12 +239,19 @@ class VllmEngine:
             else:  # cancelled: let the load finish in its thread, then stop it
                 task.add_done_callback(lambda _: ([x.shutdown() for x in built], guard.terminate_watched()))
             self._cleanup()
+            exc = task.exception() if task.done() and not task.cancelled() else None
+            if exc is not None and not isinstance(exc, _ConfigError):
+                raise RuntimeError(f"vLLM failed to start for {self.model_path}: {exc}") from exc
             raise
         guard_new_children()
         self._llm = llm
-        llm._run_output_handler()  # start stats flowing before the first request (idempotent)
+        # Start the output loop now (vLLM would on the first request) so stats
+        # and engine failures flow from the start; idempotent.
+        getattr(llm, "_run_output_handler", lambda: None)()
         blocks = llm.vllm_config.cache_config.num_gpu_blocks or 0
-        self.info = EngineInfo(block_size=self.block_size, num_kv_blocks=blocks, max_model_len=self.max_model_len)
+        self.info = EngineInfo(
+            block_size=self.block_size, num_kv_blocks=blocks, max_model_len=self.max_model_len
+        )
         log.info("vLLM engine ready: %s, %d KV blocks of %d tokens", self.model_path, blocks, self.block_size)
 
     async def shutdown(self) -> None:
@@ -297,105 +321,8 @@ class VllmEngine:
             await self._llm.abort(request_id)
 
 
-# ---------------------------------------------------------------- mapping
-
-
 def _cmdline(proc: Any) -> list[str]:
     try:
         return proc.cmdline()
     except Exception:
         return []
-
-
-def sampling_params(opts: wire.SamplingOptions) -> SamplingParams:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    try:
-        return SamplingParams(
-            n=1,
-            max_tokens=opts.max_tokens,
-            min_tokens=opts.min_tokens,
-            temperature=opts.temperature,
-            top_p=opts.top_p,
-            top_k=opts.top_k if opts.top_k > 0 else 0,
-            seed=opts.seed,
-            presence_penalty=opts.presence_penalty,
-            frequency_penalty=opts.frequency_penalty,
-            repetition_penalty=opts.repetition_penalty,
-            stop_token_ids=list(opts.stop_token_ids),
-            ignore_eos=opts.ignore_eos,
-            logprobs=opts.logprobs,
-            detokenize=False,  # the processor detokenizes
-            output_kind=RequestOutputKind.DELTA,
-        )
-    except Exception as exc:  # construction only validates: VLLMValidationError, ValueError
-        raise EngineRequestError(400, _message(exc), getattr(exc, "parameter", None)) from exc
-
-
-def _logprobs(token_ids: list[int], positions: Any, k: int) -> list[wire.TokenLogprob]:
-    out = []
-    for token_id, pos in zip(token_ids, positions, strict=False):
-        pos = pos or {}
-        chosen = pos.get(token_id)
-        ranked = sorted(((lp.rank or 0, tid, lp.logprob) for tid, lp in pos.items()), key=lambda r: r[0])
-        top = [(tid, lp) for rank, tid, lp in ranked if rank and rank <= k]
-        out.append(
-            wire.TokenLogprob(
-                token_id=token_id,
-                logprob=chosen.logprob if chosen is not None else float("-inf"),
-                top=top,
-            )
-        )
-    return out
-
-
-def to_output(out: RequestOutput, num_prompt_tokens: int, num_logprobs: int | None) -> wire.GenerateOutput:
-    """One ``RequestOutput`` (DELTA kind) as a ``wire.GenerateOutput`` frame."""
-    comp = out.outputs[0]
-    token_ids = list(comp.token_ids)
-    finish_reason = None
-    stop_token_id = None
-    if out.finished:
-        reason = comp.finish_reason or "stop"
-        if reason == "error":
-            raise EngineRequestError(500, "the engine failed the request (e.g. a KV transfer error)")
-        finish_reason = _FINISH.get(reason, "stop")
-        if isinstance(comp.stop_reason, int):
-            stop_token_id = comp.stop_reason
-    logprobs = None
-    if num_logprobs is not None and comp.logprobs is not None:
-        logprobs = _logprobs(token_ids, comp.logprobs, num_logprobs)
-    return wire.GenerateOutput(
-        token_ids=token_ids,
-        finish_reason=finish_reason,
-        num_prompt_tokens=len(out.prompt_token_ids) if out.prompt_token_ids is not None else num_prompt_tokens,
-        num_cached_tokens=out.num_cached_tokens or 0,
-        logprobs=logprobs,
-        stop_token_id=stop_token_id,
-    )
-
-
-def map_error(exc: BaseException) -> BaseException:
-    """vLLM's request errors as ``EngineRequestError``; anything else unchanged."""
-    if isinstance(exc, EngineRequestError):
-        return exc
-    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError
-    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
-
-    if isinstance(exc, VLLMNotFoundError):
-        return EngineRequestError(404, str(exc), getattr(exc, "parameter", None))
-    if isinstance(exc, VLLMClientError):
-        return EngineRequestError(400, _message(exc), getattr(exc, "parameter", None))
-    if isinstance(exc, GracefulHTTPError):
-        return EngineRequestError(int(exc.http_status), str(exc))
-    if isinstance(exc, EngineDeadError):
-        return EngineRequestError(503, "the vLLM engine died", type="service_unavailable")
-    if isinstance(exc, EngineGenerateError):
-        return EngineRequestError(500, f"the vLLM engine failed the request: {exc.__cause__ or exc}")
-    return exc
-
-
-def _message(exc: BaseException) -> str:
-    # VLLMValidationError's str() appends "(parameter=..., value=...)"; keep the sentence.
-    return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)

@@ -18,7 +18,11 @@ from .supervisor import CrashLoopError
 def _graph_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("graph", help="InferenceGraph manifest (YAML)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="override a spec field, e.g. services.decode.replicas=2 (repeatable)",
     )
     parser.add_argument("--engine", help="engine type for every worker (overrides spec.engine.type)")

@@ -24,7 +24,13 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 # Callers stop first so nothing new reaches a worker that is draining.
-STOP_ORDER = [Role.FRONTEND.value, Role.PROCESSOR.value, Role.ROUTER.value, Role.DECODE.value, Role.PREFILL.value]
+STOP_ORDER = [
+    Role.FRONTEND.value,
+    Role.PROCESSOR.value,
+    Role.ROUTER.value,
+    Role.DECODE.value,
+    Role.PREFILL.value,
+]
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,13 @@ def check_runs_locally(graph: InferenceGraph) -> None:
                 "tensor parallelism needs GPUs (deploy the graph to Kubernetes)",
             )
     if services.prefill is not None and services.prefill.replicas > 0:
-        raise SpecError("spec.services.prefill", "disaggregated prefill is not available in the local launcher yet")
+        raise SpecError(
+            "spec.services.prefill", "disaggregated prefill is not available in the local launcher yet"
+        )
     if services.frontend.replicas != 1:
-        raise SpecError("spec.services.frontend.replicas", "the local launcher runs exactly one frontend (one port)")
+        raise SpecError(
+            "spec.services.frontend.replicas", "the local launcher runs exactly one frontend (one port)"
+        )
     if services.decode.replicas < 1:
         raise SpecError("spec.services.decode.replicas", "must be at least 1 to serve requests")
 

@@ -47,7 +47,9 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
     if source.startswith("hf://"):
         return source.removeprefix("hf://")
     if source.startswith("pvc://"):
-        raise ModelSourceError(f"{source}: pvc:// sources are mounted by the operator and exist only in Kubernetes")
+        raise ModelSourceError(
+            f"{source}: pvc:// sources are mounted by the operator and exist only in Kubernetes"
+        )
     path = Path(source.removeprefix("file://")).expanduser()
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{source}: no config.json in {path}")

@@ -33,7 +33,9 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
     out = []
     for _ in range(lines):
         words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
-        out.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ","]) + f" {rng.randint(0, 9999)}")
+        out.append(
+            " ".join(words).capitalize() + rng.choice([".", "?", "!", ","]) + f" {rng.randint(0, 9999)}"
+        )
     return out
 
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import uvloop
@@ -95,8 +96,20 @@ async def role_context(graph: InferenceGraph, role: Role) -> AsyncIterator[RoleC
         await nc.drain()
 
 
-def run_role(description: str, main: Callable[[RoleContext], Awaitable[None]]) -> None:
-    """Entry point of a role process."""
+def run_role(
+    description: str,
+    main: Callable[..., Awaitable[None]],
+    *,
+    before_connect: Callable[[InferenceGraph, Role], Awaitable[Any]] | None = None,
+) -> None:
+    """Entry point of a role process: ``main(ctx)`` serves until ``ctx.stopping``.
+
+    ``before_connect(graph, role)``, if given, runs before any NATS or etcd
+    connection exists and its result becomes ``main``'s second argument. The
+    worker starts its engine there: vLLM forks its engine core, and a forked
+    child would inherit our sockets and hold them open after this process dies,
+    so NATS would keep delivering requests to a dead worker.
+    """
     logging.basicConfig(
         level=os.environ.get("IG_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -104,8 +117,9 @@ def run_role(description: str, main: Callable[[RoleContext], Awaitable[None]]) -
     graph, role = parse_args(description)
 
     async def _main() -> None:
+        prepared = await before_connect(graph, role) if before_connect else None
         async with role_context(graph, role) as ctx:
             log.info("starting %s as %s in namespace %s", role.value, ctx.instance_id, ctx.namespace)
-            await main(ctx)
+            await (main(ctx, prepared) if before_connect else main(ctx))
 
     uvloop.run(_main())

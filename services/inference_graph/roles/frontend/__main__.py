@@ -36,7 +36,9 @@ async def main(ctx: RoleContext) -> None:
     server = _Server(config)
     registration = await ctx.discovery.register(ctx.instance_info(), ctx.config.lease_ttl)
     serving = asyncio.create_task(server.serve())
-    await asyncio.wait({serving, asyncio.create_task(ctx.stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        {serving, asyncio.create_task(ctx.stopping.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
     server.should_exit = True  # stop accepting, finish open responses (up to the grace period)
     await serving
     await registration.revoke()

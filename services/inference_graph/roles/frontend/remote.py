@@ -36,7 +36,9 @@ class NatsProcessorClient:
         except InstanceLostError as exc:
             raise _unavailable(f"The processor serving this request ({exc.instance_id}) stopped.") from None
         except RequestTimeoutError as exc:
-            raise ProcessingError(wire.ErrorInfo(504, "timeout", f"The processor did not answer: {exc}")) from None
+            raise ProcessingError(
+                wire.ErrorInfo(504, "timeout", f"The processor did not answer: {exc}")
+            ) from None
 
 
 def _unavailable(message: str) -> ProcessingError:

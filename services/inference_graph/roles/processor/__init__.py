@@ -7,7 +7,7 @@ token ids back as text deltas (``detokenizer``), and applies stop strings
 here is pure logic over ``wire`` messages. Imports ``wire`` and ``core`` only.
 """
 
-from .errors import ProcessingError, WorkerError
+from .errors import ProcessingError, WorkerError, WorkerUnreachable
 from .ports import WorkerClient, WorkerDirectory
 from .processor import Processor
 from .routing import STRATEGIES, RandomStrategy, RoundRobinStrategy, RoutingStrategy, make_strategy
@@ -24,5 +24,6 @@ __all__ = [
     "WorkerClient",
     "WorkerDirectory",
     "WorkerError",
+    "WorkerUnreachable",
     "make_strategy",
 ]

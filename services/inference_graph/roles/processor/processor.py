@@ -21,7 +21,7 @@ import msgspec
 
 from ... import wire
 from .choice import ChoiceOptions, ChoiceState
-from .errors import ProcessingError, invalid_request, service_unavailable
+from .errors import ProcessingError, WorkerUnreachable, invalid_request, service_unavailable
 from .limits import fit_max_tokens
 from .ports import WorkerClient, WorkerDirectory
 from .routing import RoutingStrategy
@@ -115,15 +115,41 @@ class Processor:
                 echo_text=echo_text,
             ),
         )
-        stream = self._workers.generate(generate, instance)
+        stream, output, instance = await self._open(generate, instance)
         try:
-            while not state.finished:
-                output = await self._next_output(stream, instance)
+            while True:
                 frame = state.on_output(output)
                 if frame is not None:
                     yield frame
+                if state.finished:
+                    break
+                output = await self._next_output(stream, instance)
         finally:
             await _close(stream)  # after a stop string match: cancels the engine request
+
+    async def _open(
+        self, request: wire.GenerateRequest, instance: str
+    ) -> tuple[AsyncIterator[wire.GenerateOutput], wire.GenerateOutput, str]:
+        """Start the worker stream and read its first frame.
+
+        A worker that died moments ago stays in discovery until its lease
+        expires; a request sent to it is refused before anything is generated,
+        so it is resent to another live worker instead of failing.
+        """
+        tried: set[str] = set()
+        while True:
+            stream = self._workers.generate(request, instance)
+            try:
+                return stream, await self._next_output(stream, instance), instance
+            except WorkerUnreachable:
+                await _close(stream)
+                tried.add(instance)
+                candidates = [i for i in self._directory.instances() if i not in tried]
+                if not candidates:
+                    raise service_unavailable(
+                        f"No live worker is available for model {self.model!r}."
+                    ) from None
+                instance = await self._strategy.pick(request.token_ids, candidates)
 
     async def _next_output(
         self, stream: AsyncIterator[wire.GenerateOutput], instance: str
@@ -134,7 +160,7 @@ class Processor:
                 return await anext(stream)
         except StopAsyncIteration:
             raise service_unavailable(f"Worker {instance} ended the stream without finishing it.") from None
-        except ProcessingError:
+        except (ProcessingError, WorkerUnreachable):
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 from ... import wire
 from ...runtime.discovery import InstanceWatch
+from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError
 from ...runtime.request_plane import EndpointClient
+from .errors import WorkerUnreachable
 
 GENERATE_ENDPOINT = "generate"
 
@@ -17,7 +19,9 @@ class NatsWorkerClient:
 
     Worker-reported errors arrive as ``RemoteError`` (it carries ``info``); a worker
     whose lease expires mid-stream fails the stream with ``InstanceLostError``
-    because ``EndpointClient`` listens to discovery.
+    because ``EndpointClient`` listens to discovery. A request no worker accepted
+    or a worker lost before its first frame, raises ``WorkerUnreachable`` so the
+    processor can send it elsewhere.
     """
 
     def __init__(self, client: EndpointClient, *, ack_timeout: float = 5.0):
@@ -26,12 +30,23 @@ class NatsWorkerClient:
         self._encode = wire.encoder.encode
         self._decode = wire.decoder(wire.GenerateOutput).decode
 
-    async def generate(self, request: wire.GenerateRequest, instance_id: str) -> AsyncIterator[wire.GenerateOutput]:
+    async def generate(
+        self, request: wire.GenerateRequest, instance_id: str
+    ) -> AsyncIterator[wire.GenerateOutput]:
         payload = self._encode(request)
         stream = self._client.stream(GENERATE_ENDPOINT, payload, instance_id, ack_timeout=self._ack_timeout)
-        async with contextlib.aclosing(stream):
-            async for frame in stream:
-                yield self._decode(frame)
+        produced = False
+        try:
+            async with contextlib.aclosing(stream):
+                async for frame in stream:
+                    produced = True
+                    yield self._decode(frame)
+        except (NoRespondersError, InstanceLostError, RequestTimeoutError) as exc:
+            # Refused, never accepted, or lost before the first token: nothing reached
+            # the client, so another worker may serve the request from the start.
+            if produced or (isinstance(exc, RequestTimeoutError) and exc.phase != "ack"):
+                raise
+            raise WorkerUnreachable(instance_id) from exc
 
 
 class DiscoveryWorkerDirectory:

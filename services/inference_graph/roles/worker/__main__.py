@@ -9,8 +9,10 @@ import os
 import time
 
 from ... import wire
+from ...core.spec import InferenceGraph, Role
 from ...engines.base import Engine
 from ...engines.factory import create_engine
+from ...models import resolve_model_source
 from ...runtime.event_plane import EventPublisher
 from ...runtime.request_plane import EndpointServer
 from ..bootstrap import RoleContext, run_role
@@ -42,10 +44,16 @@ async def publish_load(engine: Engine, publisher: EventPublisher, instance_id: s
         await asyncio.sleep(LOAD_INTERVAL)  # a publishing period, not synchronisation
 
 
-async def main(ctx: RoleContext) -> None:
-    spec = ctx.graph.spec
-    engine = create_engine(spec.engine, ctx.model_path(), spec.model.name)
+async def start_engine(graph: InferenceGraph, role: Role) -> Engine:
+    """Load the model before connecting anywhere (see ``run_role``'s ``before_connect``)."""
+    spec = graph.spec
+    engine = create_engine(spec.engine, resolve_model_source(spec.model.source), spec.model.name)
     await engine.start()
+    return engine
+
+
+async def main(ctx: RoleContext, engine: Engine) -> None:
+    spec = ctx.graph.spec
     server = EndpointServer(ctx.nc, ctx.namespace, ctx.role.value, ctx.instance_id)
     await server.serve(GENERATE_ENDPOINT, make_generate_handler(engine))
     publisher = EventPublisher(ctx.nc, ctx.namespace, ctx.instance_id)
@@ -74,4 +82,4 @@ async def main(ctx: RoleContext) -> None:
 
 
 if __name__ == "__main__":
-    run_role("engine worker (decode or prefill)", main)
+    run_role("engine worker (decode or prefill)", main, before_connect=start_engine)

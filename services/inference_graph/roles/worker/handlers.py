@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from ... import wire
 from ...engines.base import Engine
+from ...engines.errors import EngineRequestError
 from ...runtime.errors import RequestError
 
 GENERATE_ENDPOINT = "generate"
@@ -27,10 +28,7 @@ def make_generate_handler(engine: Engine):
             async with contextlib.aclosing(engine.generate(request)) as outputs:
                 async for output in outputs:
                     yield encode(output)
-        except Exception as exc:
-            info = getattr(exc, "info", None)
-            if isinstance(info, wire.ErrorInfo):  # a request the engine rejected
-                raise RequestError(info) from None
-            raise
+        except EngineRequestError as exc:  # a request the engine refused: status and param reach the client
+            raise RequestError(exc.to_error_info()) from None
 
     return generate
