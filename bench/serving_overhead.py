@@ -201,6 +201,9 @@ def engine_kwargs(graph, kv_endpoint: str) -> dict[str, Any]:
     return kwargs
 
 
+_STORE_TRUE = ("disable_log_stats", "enforce_eager")
+
+
 def vllm_argv(graph, model_path: str, port: int, kv_endpoint: str) -> list[str]:
     argv = [
         sys.executable,
@@ -222,7 +225,10 @@ def vllm_argv(graph, model_path: str, port: int, kv_endpoint: str) -> list[str]:
     for key, value in engine_kwargs(graph, kv_endpoint).items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+            if value:
+                argv.append(flag)
+            elif key not in _STORE_TRUE:  # vLLM's store_true flags are False when absent
+                argv.append("--no-" + key.replace("_", "-"))
         elif isinstance(value, dict | list):
             argv += [flag, json.dumps(value)]
         else:
@@ -432,9 +438,39 @@ def _cpu(p: psutil.Process) -> float | None:
         return None
 
 
-def _busy() -> float:
+def _sched(pid: int) -> tuple[float, float, float, float] | None:
+    """Scheduler counters of a process: run-queue wait seconds and timeslices summed over its
+    threads (/proc/PID/task/*/schedstat), CPU migrations and involuntary switches of its
+    main thread (/proc/PID/sched). Wait time is the direct measure of CPU contention."""
+    wait = slices = 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                _, w, n = Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()
+                wait += int(w) / 1e9
+                slices += int(n)
+        fields = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/sched").read_text().splitlines():
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields[key.strip()] = value.strip()
+        return (
+            wait,
+            slices,
+            float(fields.get("se.nr_migrations", 0)),
+            float(fields.get("nr_involuntary_switches", 0)),
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def _busy() -> tuple[float, float]:
+    """Busy CPU seconds of the machine (steal excluded) and steal seconds (the hypervisor
+    running someone else on our virtual CPUs)."""
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    steal = getattr(t, "steal", 0.0)
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - steal, steal
 
 
 class CpuMeter:
@@ -448,26 +484,38 @@ class CpuMeter:
         self.busy0 = _busy()
         self.procs = self.server.processes()
         self.start = {pid: _cpu(p) for pid, (_, p) in self.procs.items()}
+        self.sched0 = {pid: _sched(pid) for pid in self.procs}
         self.self0 = _cpu(psutil.Process())
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.monotonic() - self.t0
-        busy = _busy() - self.busy0
+        busy_end, steal_end = _busy()
+        busy, steal = busy_end - self.busy0[0], steal_end - self.busy0[1]
         by_label: dict[str, float] = {}
         for pid, (label, p) in self.procs.items():
             end, start = _cpu(p), self.start.get(pid)
             if end is not None and start is not None:
                 by_label[label] = by_label.get(label, 0.0) + end - start
+        sched: dict[str, list[float]] = {}
+        for pid, (label, _) in self.procs.items():
+            end, start = _sched(pid), self.sched0.get(pid)
+            if end is not None and start is not None:
+                acc = sched.setdefault(label, [0.0, 0.0, 0.0, 0.0])
+                for i in range(4):
+                    acc[i] += end[i] - start[i]
         client = _cpu(psutil.Process()) - self.self0
         ours = sum(by_label.values()) + client
         self.result = {
             "wall_s": wall,
             "cpu_s_by_process": {k: round(v, 3) for k, v in sorted(by_label.items())},
             "cpu_s_client": round(client, 3),
+            # [run-queue wait s, timeslices, migrations, involuntary switches] per role
+            "sched_by_process": {k: [round(x, 4) for x in v] for k, v in sorted(sched.items())},
             "machine_busy_cores": round(busy / wall, 3),
             # Everything not ours (other agents' tests, kernel threads): the noise level.
             "foreign_busy_cores": round(max(0.0, busy - ours) / wall, 3),
+            "steal_cores": round(steal / wall, 3),
         }
 
 
@@ -671,7 +719,8 @@ async def drive(
             print(
                 f"  c={conc:<3} {summary['req_per_s']:6.2f} req/s {summary['output_tok_per_s']:7.1f} tok/s "
                 f"TTFT p50 {summary['ttft_ms']['p50']:7.1f} ms  ITL p50 {summary['itl_ms']['p50']:6.2f} ms  "
-                f"errors {summary['errors']}  other load {meter.result['foreign_busy_cores']:.2f} cores",
+                f"errors {summary['errors']}  other load {meter.result['foreign_busy_cores']:.2f} cores "
+                f"(+ steal {meter.result['steal_cores']:.2f})",
                 flush=True,
             )
     return levels, raw
@@ -733,9 +782,16 @@ def pool(rounds: list[dict[str, Any]], raws: list[list[list[Result]]]) -> list[d
             "wall_s": wall,
             "cpu_s_by_process": {k: round(v, 3) for k, v in sorted(cpu.items())},
             "cpu_s_client": round(sum(x["cpu"]["cpu_s_client"] for x in levels), 3),
+            "sched_by_process": {
+                k: [
+                    round(sum(x["cpu"]["sched_by_process"].get(k, [0.0] * 4)[j] for x in levels), 4)
+                    for j in range(4)
+                ]
+                for k in sorted({k for x in levels for k in x["cpu"]["sched_by_process"]})
+            },
             **{
                 key: round(sum(x["cpu"][key] * x["cpu"]["wall_s"] for x in levels) / wall, 3)
-                for key in ("machine_busy_cores", "foreign_busy_cores")
+                for key in ("machine_busy_cores", "foreign_busy_cores", "steal_cores")
             },
         }
         pooled.append(summary)
@@ -839,7 +895,8 @@ def table(runs: dict[str, dict[str, Any]], cmp_rows: list[dict[str, Any]]) -> st
                 f"| {s['concurrency']} | {kind} | {fmt(s['req_per_s'], 2)} | {fmt(s['output_tok_per_s'])} "
                 f"| {fmt(s['ttft_ms']['p50'])} | {fmt(s['ttft_ms']['p99'])} | {fmt(s['itl_ms']['p50'], 2)} "
                 f"| {fmt(s['itl_ms']['p99'], 2)} | {fmt(s['tpot_ms']['p50'], 2)} | {fmt(s['e2e_ms']['p50'], 0)} "
-                f"| {fmt(s['tokens_per_chunk'], 2)} | {s['errors']} | {s['cpu']['foreign_busy_cores']:.2f} |"
+                f"| {fmt(s['tokens_per_chunk'], 2)} | {s['errors']} "
+                f"| {s['cpu']['foreign_busy_cores'] + s['cpu'].get('steal_cores', 0.0):.2f} |"
             )
     out = "\n".join(lines)
     if cmp_rows:

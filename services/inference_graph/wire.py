@@ -18,7 +18,7 @@ Planes (subjects and keys are built in ``inference_graph.runtime.names``):
 from __future__ import annotations
 
 import enum
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -231,7 +231,7 @@ class AllBlocksCleared(msgspec.Struct, tag=True, **_STRUCT):
     pass
 
 
-KvEvent = Union[BlockStored, BlockRemoved, AllBlocksCleared]
+KvEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 
 class KvEventBatch(msgspec.Struct, **_STRUCT):

@@ -22,22 +22,26 @@ def tiny_model() -> str:
     return resolve_model_source("builtin://tiny-llama")
 
 
-@pytest.fixture(scope="session")
-def start_graph(infrastructure, tmp_path_factory, tiny_model):
-    """Start a graph from a config file with overrides; every graph is stopped at the end."""
+def _launch(infrastructure, log_dir, name, config, overrides, env) -> LocalGraph:
+    graph = LocalGraph(
+        config,
+        free_port(),
+        [f"metadata.name={name}", *overrides],
+        {**infrastructure, "IG_LEASE_TTL": "3", **(env or {})},
+        log_dir / f"{name}.log",
+    )
+    graph.wait_ready()
+    return graph
+
+
+@pytest.fixture
+def start_graph(infrastructure, tmp_path, tiny_model):
+    """Start graphs from a config file with overrides; each is stopped when the test ends."""
     started: list[LocalGraph] = []
 
     def start(name: str, config: str = "configs/agg.yaml", overrides=(), env=None) -> LocalGraph:
-        graph = LocalGraph(
-            config,
-            free_port(),
-            [f"metadata.name={name}", *overrides],
-            {**infrastructure, "IG_LEASE_TTL": "3", **(env or {})},
-            tmp_path_factory.mktemp("graphs") / f"{name}.log",
-        )
-        started.append(graph)
-        graph.wait_ready()
-        return graph
+        started.append(_launch(infrastructure, tmp_path, name, config, overrides, env))
+        return started[-1]
 
     yield start
     for graph in started:
@@ -53,10 +57,9 @@ TINY_OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def tiny_graph(start_graph, request):
-    """The default graph serving the tiny random model: fast to start, meaningless text."""
-    graph = start_graph(
-        request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"), overrides=TINY_OVERRIDES
-    )
+def tiny_graph(infrastructure, tmp_path_factory, tiny_model, request):
+    """The default graph serving the tiny random model, shared by a module: fast to start, meaningless text."""
+    name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    graph = _launch(infrastructure, tmp_path_factory.mktemp("graphs"), name, "configs/agg.yaml", TINY_OVERRIDES, None)
     yield graph
     graph.stop()

@@ -16,4 +16,3 @@ def test_default_graph_answers_paris(start_graph):
         temperature=0,
     )
     assert "Paris" in response.choices[0].message.content
-    graph.stop()

@@ -29,7 +29,10 @@ async def engine(tiny_model_path):
     eng = VllmEngine(
         tiny_model_path, block_size=BLOCK, max_model_len=MAX_MODEL_LEN, kv_cache_gib=0.25, max_num_seqs=16
     )
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     await eng.start()
+    # The processes this engine started (other tests' processes may share our parent).
+    eng.test_children = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     yield eng
     await eng.shutdown()
 
@@ -186,10 +189,7 @@ async def test_kv_events_report_stored_prompt_blocks(engine):
 
 async def test_shutdown_leaves_no_processes(engine):
     """Last in the module: stops the shared engine (the fixture's shutdown is then a no-op)."""
-    me = psutil.Process()
-    engine_children = [
-        p for p in me.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())
-    ]
+    engine_children = [p for p in engine.test_children if "resource_tracker" not in " ".join(p.cmdline())]
     assert engine_children, "the engine core should run in a child process"
     await engine.shutdown()
     _gone, alive = psutil.wait_procs(engine_children, timeout=10)

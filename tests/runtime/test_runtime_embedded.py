@@ -102,3 +102,12 @@ async def test_startup_failure_reports_log_tail(tmp_path, monkeypatch):
     assert "boom: cannot start" in str(info.value)
     server.stop()
     assert _left_nothing(None, server.tmpdir)
+
+
+async def test_servers_start_while_grpc_is_busy(discovery, namespace):
+    """Forking next to live gRPC threads once aborted the child (see embedded.py)."""
+    watch = await discovery.watch_instances(namespace)
+    for _ in range(10):
+        async with EmbeddedNats(jetstream=False) as server:
+            assert server.pid is not None
+    await watch.close()

@@ -35,7 +35,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     FRONTEND = "frontend"
     PROCESSOR = "processor"
     ROUTER = "router"
@@ -57,81 +57,148 @@ class ModelSpec(_Model):
     tokenizer: str | None = Field(default=None, description="Tokenizer source; defaults to the model's.")
 
 
-class EngineType(str, enum.Enum):
+class EngineType(enum.StrEnum):
     VLLM = "vllm"
+    MOCKER = "mocker"  # the simulated engine
+
+
+class TimingModel(enum.StrEnum):
+    POLYNOMIAL = "polynomial"
+    TABLE = "table"
+    INSTANT = "instant"
+
+
+class MockerSpec(_Model):
+    """Settings of the simulated engine (``engine.type: mocker``)."""
+
+    timing: TimingModel = Field(
+        default=TimingModel.POLYNOMIAL,
+        description="polynomial: prefill/decode step times from fitted curves; table: from a measured "
+        "profile; instant: no simulated time (measures the serving path's own overhead).",
+    )
+    timing_table: str | None = Field(default=None, description="Measured profile (JSON) for timing: table.")
+    speedup: float = Field(default=1.0, gt=0, description="Simulated time runs this many times faster.")
+    num_kv_blocks: int = Field(default=16384, ge=1, description="KV blocks per simulated engine.")
+    max_num_batched_tokens: int = Field(default=8192, ge=1, description="Most tokens one engine step processes.")
+    instances_per_process: int = Field(
+        default=1, ge=1, description="Simulated workers hosted by one worker process (each registers on its own)."
+    )
+    seed: int = Field(default=0, description="Seed of the simulated output tokens.")
 
 
 class EngineSpec(_Model):
-    type: EngineType = EngineType.VLLM
+    type: EngineType = Field(
+        default=EngineType.VLLM,
+        description="vllm: the real engine; mocker: the simulated engine (no model weights, no GPU work).",
+    )
     block_size: int = Field(
         default=32, ge=1, description="Tokens per KV block (vLLM on CPU needs a multiple of 32)."
     )
     max_model_len: int = Field(default=2048, ge=16, description="Context window in tokens.")
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = Field(default=True, description="Reuse KV blocks of shared prompt prefixes.")
     max_num_seqs: int = Field(default=64, ge=1, description="Most sequences an engine runs at once.")
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size per engine on CPU, in GiB.")
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine arguments, by their Python names."
     )
+    mocker: MockerSpec = Field(default_factory=MockerSpec, description="Simulated engine settings (type: mocker).")
 
 
-class RoutingStrategy(str, enum.Enum):
+class RoutingStrategy(enum.StrEnum):
     ROUND_ROBIN = "round-robin"
     RANDOM = "random"
 
 
 class RoutingSpec(_Model):
-    strategy: RoutingStrategy = RoutingStrategy.ROUND_ROBIN
+    strategy: RoutingStrategy = Field(
+        default=RoutingStrategy.ROUND_ROBIN,
+        description="How the processor picks a decode worker: round-robin or random.",
+    )
 
 
 class DisaggregationSpec(_Model):
-    enabled: bool = False
+    enabled: bool = Field(
+        default=False,
+        description="Run prefill on separate prefill workers (services.prefill) and move the KV cache to decode.",
+    )
 
 
 class ServiceSpec(_Model):
-    replicas: int = Field(default=1, ge=0)
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=0, description="Number of processes (pods in Kubernetes) of this role.")
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="GPUs one engine spans (worker roles); in Kubernetes the pod's GPU request.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment; wins over injected values."
     )
     resources: dict[str, Any] = Field(
         default_factory=dict, description="Kubernetes resource requests/limits."
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes node labels the role's pods must run on."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Kubernetes tolerations of the role's pods (e.g. for GPU node taints)."
+    )
     port: int | None = Field(default=None, ge=1, le=65535, description="Listening port (frontend only).")
 
 
 class ServicesSpec(_Model):
-    frontend: ServiceSpec = Field(default_factory=lambda: ServiceSpec(port=8000))
-    processor: ServiceSpec = Field(default_factory=ServiceSpec)
-    decode: ServiceSpec = Field(default_factory=ServiceSpec)
-    prefill: ServiceSpec | None = None
+    frontend: ServiceSpec = Field(
+        default_factory=lambda: ServiceSpec(port=8000),
+        description="The OpenAI-compatible HTTP server (port defaults to 8000).",
+    )
+    processor: ServiceSpec = Field(
+        default_factory=ServiceSpec, description="Tokenizes requests and routes them to workers."
+    )
+    decode: ServiceSpec = Field(
+        default_factory=ServiceSpec,
+        description="Engine workers that decode (and prefill, unless disaggregation is enabled).",
+    )
+    prefill: ServiceSpec | None = Field(
+        default=None, description="Engine workers that only prefill; needs disaggregation.enabled."
+    )
 
     def get(self, role: Role) -> ServiceSpec | None:
         return getattr(self, role.value, None)
 
 
 class NatsSpec(_Model):
-    url: str | None = None
+    url: str | None = Field(
+        default=None,
+        description="NATS server URL(s), nats://host:port, comma-separated; defaults to the runtime's "
+        "(the operator's chart setting in Kubernetes).",
+    )
 
 
 class EtcdSpec(_Model):
-    endpoints: list[str] | None = None
+    endpoints: list[str] | None = Field(
+        default=None,
+        description="etcd client URLs, http://host:port; default to the runtime's "
+        "(the operator's chart setting in Kubernetes).",
+    )
 
 
 class InfrastructureSpec(_Model):
-    nats: NatsSpec = Field(default_factory=NatsSpec)
-    etcd: EtcdSpec = Field(default_factory=EtcdSpec)
+    nats: NatsSpec = Field(default_factory=NatsSpec, description="Request plane and events.")
+    etcd: EtcdSpec = Field(default_factory=EtcdSpec, description="Discovery of instances, under leases.")
 
 
 class GraphSpec(_Model):
-    model: ModelSpec
-    engine: EngineSpec = Field(default_factory=EngineSpec)
-    routing: RoutingSpec = Field(default_factory=RoutingSpec)
-    disaggregation: DisaggregationSpec = Field(default_factory=DisaggregationSpec)
-    services: ServicesSpec = Field(default_factory=ServicesSpec)
-    infrastructure: InfrastructureSpec = Field(default_factory=InfrastructureSpec)
+    model: ModelSpec = Field(description="The model every worker serves.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine settings shared by all workers.")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="How requests reach workers.")
+    disaggregation: DisaggregationSpec = Field(
+        default_factory=DisaggregationSpec, description="Separate prefill and decode workers."
+    )
+    services: ServicesSpec = Field(
+        default_factory=ServicesSpec, description="One entry per role: replicas, resources, placement, env."
+    )
+    infrastructure: InfrastructureSpec = Field(
+        default_factory=InfrastructureSpec, description="Where NATS and etcd are; unset means the defaults."
+    )
 
     @model_validator(mode="after")
     def _prefill_needs_disaggregation(self) -> GraphSpec:

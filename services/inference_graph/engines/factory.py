@@ -1,7 +1,8 @@
 """Build the engine a graph's ``spec.engine`` asks for.
 
 The worker role calls ``create_engine`` and sees only ``base.Engine``. Engine
-modules are imported lazily: importing vLLM takes seconds and sets up torch.
+modules are imported lazily: importing vLLM takes seconds and sets up torch
+(the simulated engine, ``mocker``, imports neither).
 """
 
 from __future__ import annotations
@@ -33,4 +34,8 @@ def create_engine(engine_spec: EngineSpec, model_path: str, served_model_name: s
             extra_args=dict(engine_spec.extra_args),
             served_model_name=served_model_name,
         )
-    raise ValueError(f"engine.type: unknown engine type {kind!r}; known: vllm")
+    if kind == "mocker":
+        from .mocker import MockerEngine
+
+        return MockerEngine(engine_spec, model_path, served_model_name)
+    raise ValueError(f"engine.type: unknown engine type {kind!r}; known: vllm, mocker")

@@ -22,19 +22,23 @@ Lifecycle rules:
 - Each server runs in its own session (``start_new_session``) so a Ctrl-C aimed at
   the test runner's process group does not kill it mid-test, and ``stop()`` can
   signal the whole group. The cost of a new session is that nothing kills it when
-  we die, so the child also sets ``PR_SET_PDEATHSIG`` (Linux): the kernel sends it
+  we die, so the child sets ``PR_SET_PDEATHSIG`` (Linux): the kernel sends it
   SIGKILL when the thread that forked it exits, including after our SIGKILL.
   Because that signal follows the *forking thread*, servers are always forked
   from the caller's thread (the event loop's thread for ``async with``), never
   from a short-lived executor thread.
+- PDEATHSIG is set by a tiny Python exec wrapper (``python -S -I -c ...``, ~20 ms)
+  that calls ``prctl`` through ctypes and then ``execv``s the server, keeping the
+  pid. Not by ``preexec_fn``: that runs Python in the forked child of a process
+  with threads, which CPython documents as unsafe, and it is not hypothetical
+  here: with gRPC (aetcd) loaded, gRPC's fork handlers ran in the child and
+  aborted it (nats-server "exited with -6", a gRPC epoll error in its log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -49,7 +53,6 @@ import urllib.request
 import weakref
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
 _LOG_TAIL_BYTES = 4000
 _OWNER_FILE = "owner.pid"  # lets a later run remove dirs left by a SIGKILLed owner
 
@@ -100,24 +103,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pdeathsig_preexec():
-    """A ``preexec_fn`` that makes the child die with its parent (Linux only).
+# Runs between our fork and the server's exec: set PDEATHSIG, then become the server
+# (same pid). ``prctl`` is option 1 = PR_SET_PDEATHSIG.
+_PDEATHSIG_EXEC = """
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed, errno %d" % ctypes.get_errno())
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("parent died before prctl")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
-    libc and ``prctl`` are resolved here, in the parent, so the child runs as
-    little Python as possible between fork and exec.
-    """
+
+def _with_pdeathsig(command: list[str]) -> list[str]:
+    """``command`` wrapped so the server gets SIGKILL when we die (Linux; as is elsewhere)."""
     if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl = libc.prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
+        return command
+    return [sys.executable, "-S", "-I", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *command]
 
 
 def _tcp_ready(host: str, port: int, expect: bytes = b"") -> bool:
@@ -288,13 +290,12 @@ class _EmbeddedServer:
             self._prepare_attempt()
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                self._command(),
+                _with_pdeathsig(self._command()),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self._tmpdir,
                 start_new_session=True,
-                preexec_fn=_pdeathsig_preexec(),  # see the module docstring
             )
         self._proc_box.append(proc)
 

@@ -300,7 +300,9 @@ class EndpointClient:
 
         Wire it to discovery: ``watch.add_listener(client.on_instance_event)``.
         """
-        self._lost[instance_id] = time.monotonic() + _ABANDONED_TTL
+        now = time.monotonic()
+        self._lost = {iid: t for iid, t in self._lost.items() if t > now}  # rare event: prune here
+        self._lost[instance_id] = now + _ABANDONED_TTL
         lost = [st for st in self._streams.values() if st.serving == instance_id and not st.finished]
         for st in lost:
             st.queue.put_nowait(InstanceLostError(instance_id))
@@ -383,6 +385,8 @@ class EndpointClient:
             except TimeoutError:
                 raise RequestTimeoutError(st.subject, phase, limit or 0.0, st.serving) from None
         if isinstance(item, BaseException):
+            if isinstance(item, NoRespondersError):
+                st.finished = True  # no ACK will ever come: nothing to cancel
             raise item
         return item
 

@@ -1,0 +1,372 @@
+"""An InferenceGraph as Kubernetes objects: pure functions, no API calls.
+
+:func:`render` returns every child of a graph (a ConfigMap with the graph, one
+Deployment per role, a Service for the frontend), each with an ownerReference
+to the graph so that deleting the graph deletes them. What each role runs comes
+from ``desired_instances`` — the same function the local launcher uses; this
+module only decides how a role instance becomes a pod.
+
+Choices (see docs/kubernetes.md):
+
+- Env: the operator's NATS/etcd defaults < the spec's ``infrastructure`` < the
+  role's own ``env`` (``desired_instances`` merges these); the downward-API pod
+  identity and ``IG_NAMESPACE`` are added unless the user set them.
+- GPUs: ``limits[<gpu resource>] = tensorParallelSize`` for worker roles (GPU
+  requests must equal limits). An empty resource name turns GPU requests off,
+  for CPU clusters and the CPU runtime image.
+- Probes: the frontend answers HTTP ``/health`` (a model has a ready worker) and
+  ``/live``. The processor and workers have no listener; their probe asks etcd
+  whether this pod's instance is registered under its lease
+  (``python -m inference_graph_operator.probe``) — registration happens once the
+  engine is loaded, and the lease lapses when the process stops keeping it alive,
+  so it is both the readiness and the liveness signal. A startup probe with a long
+  budget covers model loading, so liveness can stay strict.
+- Termination: roles drain for up to 30 s after SIGTERM; the grace period is that
+  plus a 5 s preStop pause (time for the Service and routers to stop sending new
+  work) plus 10 s margin.
+- Rolling updates: each pod template carries a hash of the parts of the spec its
+  role reads (its own service entry without replicas, and the shared sections), so
+  a spec change rolls only the roles it affects and scaling rolls nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from inference_graph.core.instances import ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
+from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, Role
+
+GRAPH_DIR = "/etc/inference-graph"
+GRAPH_FILE = "graph.yaml"
+GRAPH_PATH = f"{GRAPH_DIR}/{GRAPH_FILE}"
+MODEL_CACHE_DIR = "/var/cache/inference-graph"
+PVC_MOUNT_ROOT = "/models"
+DEFAULT_FRONTEND_PORT = 8000
+
+DRAIN_SECONDS = 30  # drain_timeout of the roles' servers (roles/*/__main__.py)
+PRESTOP_SECONDS = 5
+TERMINATION_GRACE_SECONDS = DRAIN_SECONDS + PRESTOP_SECONDS + 10
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+SPEC_HASH_ANNOTATION = "inferencegraph.dev/spec-hash"
+APP_NAME = "inference-graph"
+
+NAMESPACE_ENV = "IG_NAMESPACE"  # runtime/config.py: prefix of every subject and key
+CACHE_ENV = "IG_MODEL_CACHE"  # models/sources.py
+WORKER_ROLES = (Role.DECODE, Role.PREFILL)
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """The operator's settings that are not in the graph (from the Helm chart)."""
+
+    image: str = "ghcr.io/inference-graph/runtime:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    nats_url: str = "nats://dynamo-nats:4222"
+    etcd_endpoints: tuple[str, ...] = ("http://dynamo-etcd:2379",)
+    gpu_resource: str = "nvidia.com/gpu"  # "" = request no GPUs (CPU clusters)
+    service_type: str = "ClusterIP"
+    part_of: str = "dynamo"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorDefaults:
+        """The settings the chart passes to the operator (charts/dynamo/templates/operator.yaml)."""
+        base = cls()
+        etcd = environ.get("IG_DEFAULT_ETCD_ENDPOINTS")
+        return cls(
+            image=environ.get("IG_RUNTIME_IMAGE") or base.image,
+            image_pull_policy=environ.get("IG_RUNTIME_IMAGE_PULL_POLICY") or base.image_pull_policy,
+            nats_url=environ.get("IG_DEFAULT_NATS_SERVER", base.nats_url),
+            etcd_endpoints=tuple(e.strip() for e in etcd.split(",") if e.strip())
+            if etcd is not None
+            else base.etcd_endpoints,
+            gpu_resource=environ.get("IG_GPU_RESOURCE", base.gpu_resource),
+            part_of=environ.get("IG_PART_OF") or base.part_of,
+        )
+
+    def infrastructure_env(self) -> dict[str, str]:
+        env = {}
+        if self.nats_url:
+            env[NATS_ENV] = self.nats_url
+        if self.etcd_endpoints:
+            env[ETCD_ENV] = ",".join(self.etcd_endpoints)
+        return env
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceGraph object the children belong to."""
+
+    name: str
+    uid: str
+    namespace: str = "default"
+
+
+def child_name(graph_name: str, role: Role | str) -> str:
+    return f"{graph_name}-{Role(role).value}"
+
+
+def configmap_name(graph_name: str) -> str:
+    return f"{graph_name}-graph"
+
+
+def labels(graph: InferenceGraph, defaults: OperatorDefaults, role: Role | None = None) -> dict[str, str]:
+    out = {
+        **defaults.extra_labels,
+        NAME_LABEL: APP_NAME,
+        INSTANCE_LABEL: graph.metadata.name,
+        PART_OF_LABEL: defaults.part_of,
+        MANAGED_BY_LABEL: "inference-graph-operator",
+    }
+    if role is not None:
+        out[COMPONENT_LABEL] = role.value
+    return out
+
+
+def selector(graph: InferenceGraph, role: Role) -> dict[str, str]:
+    """Immutable in a Deployment: only labels that never change."""
+    return {NAME_LABEL: APP_NAME, INSTANCE_LABEL: graph.metadata.name, COMPONENT_LABEL: role.value}
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def graph_manifest(graph: InferenceGraph, namespace: str) -> dict[str, Any]:
+    """The graph as the role processes read it: spec with defaults, no server metadata."""
+    manifest = graph.to_manifest()
+    manifest["metadata"] = {"name": graph.metadata.name, "namespace": namespace}
+    return manifest
+
+
+def role_spec_hash(graph: InferenceGraph, role: Role) -> str:
+    """Hash of what ``role``'s pods read: scaling (replicas) and other roles' entries excluded."""
+    spec = graph.to_manifest()["spec"]
+    services = spec.pop("services", {})
+    own = dict(services.get(role.value) or {})
+    own.pop("replicas", None)
+    spec["ownService"] = own
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def frontend_endpoint(graph: InferenceGraph, namespace: str) -> str:
+    port = graph.spec.services.frontend.port or DEFAULT_FRONTEND_PORT
+    return f"http://{child_name(graph.metadata.name, Role.FRONTEND)}.{namespace}.svc:{port}"
+
+
+def render(graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults | None = None) -> list[dict]:
+    """Every child object of ``graph``: the ConfigMap, then Deployments in role order, then Services."""
+    defaults = defaults or OperatorDefaults()
+    instances = desired_instances(graph, GRAPH_PATH, defaults.infrastructure_env())
+    objects = [render_configmap(graph, owner, defaults)]
+    objects += [render_deployment(graph, inst, owner, defaults) for inst in instances]
+    if any(inst.role is Role.FRONTEND for inst in instances):
+        objects.append(render_frontend_service(graph, owner, defaults))
+    return objects
+
+
+def _metadata(name: str, graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults, role=None) -> dict:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(graph, defaults, role),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def render_configmap(graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults) -> dict:
+    text = yaml.safe_dump(graph_manifest(graph, owner.namespace), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(configmap_name(graph.metadata.name), graph, owner, defaults),
+        "data": {GRAPH_FILE: text},
+    }
+
+
+def render_frontend_service(graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults) -> dict:
+    port = graph.spec.services.frontend.port or DEFAULT_FRONTEND_PORT
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(child_name(graph.metadata.name, Role.FRONTEND), graph, owner, defaults, Role.FRONTEND),
+        "spec": {
+            "type": defaults.service_type,
+            "selector": selector(graph, Role.FRONTEND),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def _env(graph: InferenceGraph, inst: RoleInstance) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    downward = {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_IP": "status.podIP",
+        "NODE_NAME": "spec.nodeName",
+    }
+    for name, path in downward.items():
+        if name not in inst.env:
+            env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+    injected = {NAMESPACE_ENV: graph.metadata.name, CACHE_ENV: MODEL_CACHE_DIR, "PYTHONUNBUFFERED": "1"}
+    merged = {**injected, **inst.env}  # user env (already merged over infrastructure) wins
+    env += [{"name": k, "value": v} for k, v in sorted(merged.items())]
+    return env
+
+
+def _resources(graph: InferenceGraph, inst: RoleInstance, defaults: OperatorDefaults) -> dict[str, Any]:
+    service = graph.spec.services.get(inst.role)
+    user = service.resources if service else {}
+    resources = {k: dict(v) for k, v in user.items() if isinstance(v, dict)}
+    if inst.gpus and defaults.gpu_resource:
+        gpus = str(inst.gpus)
+        resources.setdefault("limits", {})[defaults.gpu_resource] = gpus
+        if defaults.gpu_resource in resources.get("requests", {}):
+            resources["requests"][defaults.gpu_resource] = gpus  # extended resources: requests == limits
+    return resources
+
+
+def _probes(inst: RoleInstance) -> dict[str, Any]:
+    if inst.role is Role.FRONTEND:
+        return {
+            "startupProbe": {
+                "httpGet": {"path": "/live", "port": "http"},
+                "periodSeconds": 2,
+                "failureThreshold": 60,
+            },
+            "readinessProbe": {
+                "httpGet": {"path": "/health", "port": "http"},
+                "periodSeconds": 5,
+                "failureThreshold": 2,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/live", "port": "http"},
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            },
+        }
+    check = {"exec": {"command": ["python", "-m", "inference_graph_operator.probe", "--role", inst.role.value]}}
+    loading = 60 if inst.role in WORKER_ROLES else 12  # x 10 s: model load / tokenizer load budget
+    check = copy.deepcopy(check)
+    return {
+        "startupProbe": {**copy.deepcopy(check), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": loading},
+        "readinessProbe": {**copy.deepcopy(check), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**check, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+
+
+def _model_volume(graph: InferenceGraph) -> tuple[dict, dict] | None:
+    """A ``pvc://CLAIM/PATH`` model source: the claim, mounted read-only at /models/CLAIM."""
+    source = graph.spec.model.source
+    if not source.startswith("pvc://"):
+        return None
+    claim = source.removeprefix("pvc://").split("/", 1)[0]
+    volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    mount = {"name": "model", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+    return volume, mount
+
+
+def render_deployment(
+    graph: InferenceGraph, inst: RoleInstance, owner: Owner, defaults: OperatorDefaults
+) -> dict[str, Any]:
+    role = inst.role
+    service = graph.spec.services.get(role)
+    name = child_name(graph.metadata.name, role)
+    volumes: list[dict[str, Any]] = [
+        {"name": "graph", "configMap": {"name": configmap_name(graph.metadata.name)}},
+        {"name": "model-cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True},
+        {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if role in WORKER_ROLES:  # NCCL and vLLM's shared memory between TP ranks
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    model_volume = _model_volume(graph)
+    if model_volume and role is not Role.FRONTEND:
+        volumes.append(model_volume[0])
+        mounts.append(model_volume[1])
+
+    container: dict[str, Any] = {
+        "name": role.value,
+        "image": defaults.image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "command": inst.argv("python"),
+        "env": _env(graph, inst),
+        "volumeMounts": mounts,
+        **_probes(inst),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if role is Role.FRONTEND:
+        container["ports"] = [
+            {"name": "http", "containerPort": inst.port or DEFAULT_FRONTEND_PORT, "protocol": "TCP"}
+        ]
+    resources = _resources(graph, inst, defaults)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "enableServiceLinks": False,  # no *_SERVICE_HOST env clutter from every Service in the namespace
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if service and service.node_selector:
+        pod_spec["nodeSelector"] = dict(service.node_selector)
+    if service and service.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in service.tolerations]
+
+    pod_labels = {**labels(graph, defaults, role), **selector(graph, role)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, graph, owner, defaults, role),
+        "spec": {
+            "replicas": inst.replicas,
+            "selector": {"matchLabels": selector(graph, role)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {SPEC_HASH_ANNOTATION: role_spec_hash(graph, role)},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

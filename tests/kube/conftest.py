@@ -1,0 +1,18 @@
+"""Fixtures for the Kubernetes tests: no API server, only pure rendering and real validators."""
+
+from __future__ import annotations
+
+import pytest
+
+from .common import KUBE_VERSION
+
+
+@pytest.fixture
+def strict_validate():
+    """``kubernetes_validate.validate`` in strict mode (unknown fields fail) for one built-in object."""
+    import kubernetes_validate  # a test dependency: missing means a broken setup, not a skip
+
+    def check(obj: dict) -> None:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+    return check
