@@ -12,7 +12,7 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint bench clean-venv
+.PHONY: venv serve test lint bench crd clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: venv
 
 bench: venv
 	$(PY) bench/serving_overhead.py
+
+# The CRD is generated from the spec model; tests fail when the committed copies drift.
+crd: venv
+	$(PY) -m inference_graph_operator.crd > crds/inferencegraph.yaml
+	cp crds/inferencegraph.yaml charts/dynamo/crds/inferencegraph.yaml
 
 clean-venv:
 	rm -rf $(VENV)

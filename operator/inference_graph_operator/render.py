@@ -14,6 +14,7 @@ Choices (see docs/kubernetes.md):
 - GPUs: ``limits[<gpu resource>] = tensorParallelSize`` for worker roles (GPU
   requests must equal limits). An empty resource name turns GPU requests off,
   for CPU clusters and the CPU runtime image.
+- Command: the role's argv goes into ``args`` so the image ENTRYPOINT (tini) stays PID 1.
 - Probes: the frontend answers HTTP ``/health`` (a model has a ready worker) and
   ``/live``. The processor and workers have no listener; their probe asks etcd
   whether this pod's instance is registered under its lease
@@ -32,7 +33,6 @@ Choices (see docs/kubernetes.md):
 from __future__ import annotations
 
 import hashlib
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,12 +42,12 @@ import yaml
 
 from inference_graph.core.instances import ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
 from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, Role
+from inference_graph.models.sources import PVC_MOUNT_ROOT
 
 GRAPH_DIR = "/etc/inference-graph"
 GRAPH_FILE = "graph.yaml"
 GRAPH_PATH = f"{GRAPH_DIR}/{GRAPH_FILE}"
 MODEL_CACHE_DIR = "/var/cache/inference-graph"
-PVC_MOUNT_ROOT = "/models"
 DEFAULT_FRONTEND_PORT = 8000
 
 DRAIN_SECONDS = 30  # drain_timeout of the roles' servers (roles/*/__main__.py)
@@ -209,7 +209,9 @@ def render_frontend_service(graph: InferenceGraph, owner: Owner, defaults: Opera
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(child_name(graph.metadata.name, Role.FRONTEND), graph, owner, defaults, Role.FRONTEND),
+        "metadata": _metadata(
+            child_name(graph.metadata.name, Role.FRONTEND), graph, owner, defaults, Role.FRONTEND
+        ),
         "spec": {
             "type": defaults.service_type,
             "selector": selector(graph, Role.FRONTEND),
@@ -267,13 +269,21 @@ def _probes(inst: RoleInstance) -> dict[str, Any]:
                 "failureThreshold": 3,
             },
         }
-    check = {"exec": {"command": ["python", "-m", "inference_graph_operator.probe", "--role", inst.role.value]}}
+    command = ["python", "-m", "inference_graph_operator.probe", "--role", inst.role.value]
     loading = 60 if inst.role in WORKER_ROLES else 12  # x 10 s: model load / tokenizer load budget
-    check = copy.deepcopy(check)
+
+    def check(period: int, failures: int) -> dict[str, Any]:
+        return {
+            "exec": {"command": list(command)},
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": failures,
+        }
+
     return {
-        "startupProbe": {**copy.deepcopy(check), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": loading},
-        "readinessProbe": {**copy.deepcopy(check), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**check, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
+        "startupProbe": check(10, loading),
+        "readinessProbe": check(10, 2),
+        "livenessProbe": check(20, 3),
     }
 
 
@@ -284,7 +294,7 @@ def _model_volume(graph: InferenceGraph) -> tuple[dict, dict] | None:
         return None
     claim = source.removeprefix("pvc://").split("/", 1)[0]
     volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-    mount = {"name": "model", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+    mount = {"name": "model", "mountPath": str(PVC_MOUNT_ROOT / claim), "readOnly": True}
     return volume, mount
 
 
@@ -316,7 +326,9 @@ def render_deployment(
         "name": role.value,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "command": inst.argv("python"),
+        # args, not command: the image ENTRYPOINT (tini) stays PID 1, reaping the engine's child
+        # processes and forwarding SIGTERM; an image without an ENTRYPOINT runs args as is.
+        "args": inst.argv("python"),
         "env": _env(graph, inst),
         "volumeMounts": mounts,
         **_probes(inst),

@@ -38,6 +38,11 @@ def test_gpus_follow_tensor_parallel_size_for_workers_only():
     assert instances[Role.PROCESSOR].gpus == 0
 
 
+def test_simulated_workers_request_no_gpus():
+    g = graph(engine={"type": "mocker"}, services={"decode": {"tensorParallelSize": 4}})
+    assert by_role(desired_instances(g, "/g.yaml", INFRA))[Role.DECODE].gpus == 0
+
+
 def test_spec_endpoints_override_runtime_defaults_and_user_env_wins():
     g = graph(
         infrastructure={

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .common import KUBE_VERSION
+from .common import KUBE_VERSIONS
 
 
 @pytest.fixture
@@ -13,6 +13,7 @@ def strict_validate():
     import kubernetes_validate  # a test dependency: missing means a broken setup, not a skip
 
     def check(obj: dict) -> None:
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
 
     return check

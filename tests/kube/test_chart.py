@@ -65,11 +65,10 @@ def test_rendered_builtin_objects_are_valid(chart, values, strict_validate):
 def test_defaults_are_cluster_wide_with_bundled_nats_and_etcd(chart):
     docs, notes = render(chart)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
-        + ["Service", "StatefulSet"]  # nats
-        + ["Service", "Service", "StatefulSet"]  # etcd (+ headless)
-    )
+    operator = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+    nats = ["Service", "StatefulSet"]
+    etcd = ["Service", "Service", "StatefulSet"]  # client + headless
+    assert kinds == sorted([*operator, *nats, *etcd])
     env = operator_env(docs)
     assert env["IG_WATCH_NAMESPACE"] == ""
     assert env["IG_DEFAULT_NATS_SERVER"] == f"nats://dynamo-nats.{NAMESPACE}.svc:4222"
@@ -87,11 +86,11 @@ def test_nats_has_jetstream_on_a_volume_claim(chart):
     docs, _ = render(chart)
     nats = next(s for s in find(docs, "StatefulSet") if s["metadata"]["name"] == "dynamo-nats")
     (c,) = nats["spec"]["template"]["spec"]["containers"]
-    assert "--jetstream" in c["args"]
+    assert c["command"][:2] == ["nats-server", "--jetstream"]
     (claim,) = nats["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
-    assert "--store_dir=/data" in c["args"]
+    assert "--store_dir=/data" in c["command"]
 
 
 def test_one_namespace_mode_with_external_infrastructure(chart):
@@ -116,8 +115,16 @@ def test_rbac_is_least_privilege(chart):
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert "secrets" not in resources and "pods" not in resources and "*" not in resources
         assert all("*" not in rule["verbs"] for rule in role["rules"])
-        assert {"inferencegraphs", "inferencegraphs/status", "deployments", "configmaps", "services"} <= resources
-        graph_verbs = next(rule["verbs"] for rule in role["rules"] if rule["resources"] == ["inferencegraphs"])
+        assert {
+            "inferencegraphs",
+            "inferencegraphs/status",
+            "deployments",
+            "configmaps",
+            "services",
+        } <= resources
+        graph_verbs = next(
+            rule["verbs"] for rule in role["rules"] if rule["resources"] == ["inferencegraphs"]
+        )
         assert "delete" not in graph_verbs and "create" not in graph_verbs
 
 

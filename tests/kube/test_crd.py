@@ -89,7 +89,9 @@ def test_schema_is_structural():
 def test_every_spec_field_is_described():
     """So that `kubectl explain ig.spec...` teaches the spec."""
     spec = _schema()["properties"]["spec"]
-    missing = [path for path, node in _walk(spec, "spec") if "description" not in node and not path.endswith("[]")]
+    missing = [
+        path for path, node in _walk(spec, "spec") if "description" not in node and not path.endswith("[]")
+    ]
     missing = [p for p in missing if not p.endswith(".*")]
     assert missing == []
 
@@ -132,7 +134,11 @@ def _agg() -> dict:
 @pytest.mark.parametrize(
     ("edit", "field", "text"),
     [
-        (lambda s: s["services"]["decode"].update(replicas=-1), "spec.services.decode.replicas", "minimum of 0"),
+        (
+            lambda s: s["services"]["decode"].update(replicas=-1),
+            "spec.services.decode.replicas",
+            "minimum of 0",
+        ),
         (lambda s: s["engine"].update(type="tgi"), "spec.engine.type", "is not one of"),
         (lambda s: s["engine"].update(blockSize=0), "spec.engine.blockSize", "minimum of 1"),
         (lambda s: s["engine"].update(kvCacheGib=0), "spec.engine.kvCacheGib", "minimum of 0"),

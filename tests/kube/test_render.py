@@ -44,7 +44,12 @@ def full_manifest() -> dict:
         "metadata": {"name": "g"},
         "spec": {
             "model": {"name": "llama", "source": "pvc://models/llama-3-8b", "tokenizer": "pvc://models/tok"},
-            "engine": {"type": "vllm", "blockSize": 64, "maxModelLen": 8192, "extraArgs": {"gpu_memory_utilization": 0.9}},
+            "engine": {
+                "type": "vllm",
+                "blockSize": 64,
+                "maxModelLen": 8192,
+                "extraArgs": {"gpu_memory_utilization": 0.9},
+            },
             "routing": {"strategy": "random"},
             "disaggregation": {"enabled": True},
             "services": {
@@ -53,7 +58,10 @@ def full_manifest() -> dict:
                 "decode": {**worker, "replicas": 2, "env": {"NATS_SERVER": "nats://user-nats:4222"}},
                 "prefill": {**worker, "replicas": 4, "tensorParallelSize": 2, "env": {"POD_NAME": "fixed"}},
             },
-            "infrastructure": {"nats": {"url": "nats://spec-nats:4222"}, "etcd": {"endpoints": ["http://e1:2379", "http://e2:2379"]}},
+            "infrastructure": {
+                "nats": {"url": "nats://spec-nats:4222"},
+                "etcd": {"endpoints": ["http://e1:2379", "http://e2:2379"]},
+            },
         },
     }
 
@@ -105,7 +113,7 @@ def test_one_deployment_per_desired_instance_with_its_command():
     for inst in instances:
         deployment = deployments[f"g-{inst.role.value}"]
         assert deployment["spec"]["replicas"] == inst.replicas
-        assert container(deployment)["command"] == [
+        assert container(deployment)["args"] == [
             "python", "-m", inst.module, "--graph", "/etc/inference-graph/graph.yaml", "--role", inst.role.value,
         ]  # fmt: skip
         assert container(deployment)["image"] == DEFAULTS.image
@@ -153,10 +161,15 @@ def test_configmap_holds_the_graph_mounted_where_the_command_reads_it():
 def test_frontend_service_exposes_the_spec_port():
     objs = objects()
     service = by_kind(objs, "Service")["g-frontend"]
-    assert service["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}
+    ]
     frontend = container(by_kind(objs, "Deployment")["g-frontend"])
     assert frontend["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
-    assert service["spec"]["selector"] == by_kind(objs, "Deployment")["g-frontend"]["spec"]["selector"]["matchLabels"]
+    assert (
+        service["spec"]["selector"]
+        == by_kind(objs, "Deployment")["g-frontend"]["spec"]["selector"]["matchLabels"]
+    )
 
 
 def test_env_precedence_operator_then_spec_then_user():
@@ -206,7 +219,11 @@ def test_gpu_request_given_by_the_user_is_kept_equal_to_the_limit():
     manifest = full_manifest()
     manifest["spec"]["services"]["decode"]["resources"]["requests"]["nvidia.com/gpu"] = "1"
     decode = container(by_kind(objects(manifest), "Deployment")["g-decode"])
-    assert decode["resources"]["requests"]["nvidia.com/gpu"] == decode["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert (
+        decode["resources"]["requests"]["nvidia.com/gpu"]
+        == decode["resources"]["limits"]["nvidia.com/gpu"]
+        == "4"
+    )
 
 
 def test_placement_comes_from_the_spec():
@@ -254,7 +271,9 @@ def test_pvc_model_source_is_mounted_for_roles_that_load_the_model():
     deployments = by_kind(objects(), "Deployment")
     for role in ("processor", "decode", "prefill"):
         pod = deployments[f"g-{role}"]["spec"]["template"]["spec"]
-        assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+        assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod[
+            "volumes"
+        ]
     frontend_volumes = deployments["g-frontend"]["spec"]["template"]["spec"]["volumes"]
     assert all(v["name"] != "model" for v in frontend_volumes)
 
@@ -301,7 +320,10 @@ def test_operator_defaults_from_the_chart_env():
         }
     )
     assert defaults.image == "r/img:9"
-    assert defaults.infrastructure_env() == {"NATS_SERVER": "nats://n:4222", "ETCD_ENDPOINTS": "http://a:2379,http://b:2379"}
+    assert defaults.infrastructure_env() == {
+        "NATS_SERVER": "nats://n:4222",
+        "ETCD_ENDPOINTS": "http://a:2379,http://b:2379",
+    }
     assert defaults.gpu_resource == ""
     assert defaults.part_of == "my-release"
     assert OperatorDefaults.from_env({}) == OperatorDefaults()
@@ -309,5 +331,16 @@ def test_operator_defaults_from_the_chart_env():
 
 def test_prefill_only_when_present():
     objs = render(load_graph(CONFIGS[0]), OWNER, DEFAULTS)
-    roles = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in objs if d["kind"] == "Deployment"}
+    roles = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"] for d in objs if d["kind"] == "Deployment"
+    }
     assert Role.PREFILL.value not in roles
+
+
+def test_frontend_without_a_port_listens_on_8000():
+    manifest = full_manifest()
+    del manifest["spec"]["services"]["frontend"]["port"]
+    objs = objects(manifest)
+    frontend = container(by_kind(objs, "Deployment")["g-frontend"])
+    assert frontend["ports"][0]["containerPort"] == 8000
+    assert by_kind(objs, "Service")["g-frontend"]["spec"]["ports"][0]["port"] == 8000

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .spec import InferenceGraph, Role
+from .spec import WORKER_ROLES, EngineType, InferenceGraph, Role
 
 # Environment names shared with the seeds' deployments.
 NATS_ENV = "NATS_SERVER"
@@ -58,12 +58,13 @@ def desired_instances(
     if spec.infrastructure.etcd.endpoints:
         base_env[ETCD_ENV] = ",".join(spec.infrastructure.etcd.endpoints)
 
+    uses_gpus = spec.engine.type is not EngineType.MOCKER  # simulated workers need no accelerator
     instances = []
     for role in Role:
         service = spec.services.get(role)
         if service is None or role not in ROLE_MODULES:
             continue
-        gpus = service.tensor_parallel_size if role in (Role.DECODE, Role.PREFILL) else 0
+        gpus = service.tensor_parallel_size if role in WORKER_ROLES and uses_gpus else 0
         instances.append(
             RoleInstance(
                 role=role,

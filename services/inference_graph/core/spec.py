@@ -79,9 +79,13 @@ class MockerSpec(_Model):
     timing_table: str | None = Field(default=None, description="Measured profile (JSON) for timing: table.")
     speedup: float = Field(default=1.0, gt=0, description="Simulated time runs this many times faster.")
     num_kv_blocks: int = Field(default=16384, ge=1, description="KV blocks per simulated engine.")
-    max_num_batched_tokens: int = Field(default=8192, ge=1, description="Most tokens one engine step processes.")
+    max_num_batched_tokens: int = Field(
+        default=8192, ge=1, description="Most tokens one engine step processes."
+    )
     instances_per_process: int = Field(
-        default=1, ge=1, description="Simulated workers hosted by one worker process (each registers on its own)."
+        default=1,
+        ge=1,
+        description="Simulated workers hosted by one worker process (each registers on its own).",
     )
     seed: int = Field(default=0, description="Seed of the simulated output tokens.")
 
@@ -95,13 +99,17 @@ class EngineSpec(_Model):
         default=32, ge=1, description="Tokens per KV block (vLLM on CPU needs a multiple of 32)."
     )
     max_model_len: int = Field(default=2048, ge=16, description="Context window in tokens.")
-    enable_prefix_caching: bool = Field(default=True, description="Reuse KV blocks of shared prompt prefixes.")
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse KV blocks of shared prompt prefixes."
+    )
     max_num_seqs: int = Field(default=64, ge=1, description="Most sequences an engine runs at once.")
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size per engine on CPU, in GiB.")
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="More vLLM engine arguments, by their Python names."
     )
-    mocker: MockerSpec = Field(default_factory=MockerSpec, description="Simulated engine settings (type: mocker).")
+    mocker: MockerSpec = Field(
+        default_factory=MockerSpec, description="Simulated engine settings (type: mocker)."
+    )
 
 
 class RoutingStrategy(enum.StrEnum):
@@ -124,7 +132,9 @@ class DisaggregationSpec(_Model):
 
 
 class ServiceSpec(_Model):
-    replicas: int = Field(default=1, ge=0, description="Number of processes (pods in Kubernetes) of this role.")
+    replicas: int = Field(
+        default=1, ge=0, description="Number of processes (pods in Kubernetes) of this role."
+    )
     tensor_parallel_size: int = Field(
         default=1,
         ge=1,
@@ -140,7 +150,8 @@ class ServiceSpec(_Model):
         default_factory=dict, description="Kubernetes node labels the role's pods must run on."
     )
     tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="Kubernetes tolerations of the role's pods (e.g. for GPU node taints)."
+        default_factory=list,
+        description="Kubernetes tolerations of the role's pods (e.g. for GPU node taints).",
     )
     port: int | None = Field(default=None, ge=1, le=65535, description="Listening port (frontend only).")
 
@@ -188,7 +199,9 @@ class InfrastructureSpec(_Model):
 
 class GraphSpec(_Model):
     model: ModelSpec = Field(description="The model every worker serves.")
-    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine settings shared by all workers.")
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec, description="Engine settings shared by all workers."
+    )
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="How requests reach workers.")
     disaggregation: DisaggregationSpec = Field(
         default_factory=DisaggregationSpec, description="Separate prefill and decode workers."

@@ -11,6 +11,9 @@ from pathlib import Path
 
 CACHE_ENV = "IG_MODEL_CACHE"
 BUILTIN_PREFIX = "builtin://"
+PVC_PREFIX = "pvc://"
+# Where the operator mounts a pvc:// source's claim in role pods: /models/CLAIM.
+PVC_MOUNT_ROOT = Path("/models")
 
 
 class ModelSourceError(ValueError):
@@ -46,14 +49,22 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> str:
         return str(ensure_builtin(name, cache_dir or model_cache_dir()))
     if source.startswith("hf://"):
         return source.removeprefix("hf://")
-    if source.startswith("pvc://"):
-        raise ModelSourceError(
-            f"{source}: pvc:// sources are mounted by the operator and exist only in Kubernetes"
-        )
+    if source.startswith(PVC_PREFIX):
+        return str(_mounted_claim(source))
     path = Path(source.removeprefix("file://")).expanduser()
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{source}: no config.json in {path}")
     return str(path)
+
+
+def _mounted_claim(source: str) -> Path:
+    """``pvc://CLAIM/PATH`` is ``/models/CLAIM/PATH`` inside a pod the operator rendered."""
+    path = PVC_MOUNT_ROOT / source.removeprefix(PVC_PREFIX)
+    if not path.is_dir():
+        raise ModelSourceError(
+            f"{source}: expected the claim mounted at {path}; pvc:// sources exist only in pods the operator creates"
+        )
+    return path
 
 
 def ensure_builtin(name: str, cache_dir: Path) -> Path:

@@ -242,6 +242,7 @@ class KvCache:
             b = blocks[key]
             assert b.ref == count, f"{b} held {count} times"
             assert b not in self._lru, f"{b} is both referenced and free"
+            assert b.hash is None or self._cached.get(b.hash) is b, f"referenced {b} was evicted"
         for b in self._lru:
             assert b.ref == 0 and b.hash is not None and self._cached.get(b.hash) is b
         for h, b in self._cached.items():
