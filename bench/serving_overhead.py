@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[16, 64, 128],
         help="requests per level: one number for all, or one per level (default 16,64,128)",
     )
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="start both servers, then run each level in blocks alternating between them\n"
+        "(A B B A ...): a paired comparison on a machine with other load",
+    )
+    p.add_argument("--block", type=int, help="requests per block with --interleave (default max(2c, n/8))")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--output-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=8, help="warm-up requests per server (not measured)")
@@ -133,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--requests-per-level needs one value or one per --concurrency level")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
+    if args.interleave and (args.only or args.rounds > 1 or args.py_spy_dir):
+        p.error("--interleave runs both servers once; it does not combine with --only, --rounds or --py-spy")
     if args.prompt_tokens < 1 or args.output_tokens < 2:
         p.error("--prompt-tokens must be >= 1 and --output-tokens >= 2")
     if args.model_source:
@@ -674,64 +683,158 @@ def py_spy_record(server: Server, out_dir: Path, seconds: int) -> list[subproces
     return procs
 
 
+def request_body(model: str, prompt: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": args.output_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def make_client(args: argparse.Namespace) -> httpx.AsyncClient:
+    top = max(args.concurrency)
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=top, max_keepalive_connections=top),
+        timeout=httpx.Timeout(args.request_timeout, connect=10.0),
+    )
+
+
+async def warm_up(server: Server, client: httpx.AsyncClient, bodies: list[dict[str, Any]], top: int) -> None:
+    if bodies:
+        warm, _ = await run_level(client, server.base + "/v1/completions", bodies, min(8, top))
+        bad = [r.error for r in warm if not r.ok]
+        print(f"  [{server.kind}] warm-up: {len(warm)} requests, {len(bad)} errors {bad[:1]}", flush=True)
+
+
+async def measure(
+    server: Server, client: httpx.AsyncClient, bodies: list[dict[str, Any]], conc: int
+) -> tuple[dict[str, Any], list[Result]]:
+    """One closed-loop run of ``bodies`` at ``conc`` with the server's CPU metered."""
+    with CpuMeter(server) as meter:
+        results, wall = await run_level(client, server.base + "/v1/completions", bodies, conc)
+    return {"concurrency": conc, **summarize(results, wall), "cpu": meter.result}, results
+
+
+def print_level(kind: str, s: dict[str, Any]) -> None:
+    print(
+        f"  [{kind}] c={s['concurrency']:<3} {s['req_per_s']:6.2f} req/s {s['output_tok_per_s']:7.1f} tok/s "
+        f"TTFT p50 {s['ttft_ms']['p50']:7.1f} ms  ITL p50 {s['itl_ms']['p50']:6.2f} ms  "
+        f"errors {s['errors']}  other load {s['cpu']['foreign_busy_cores']:.2f} cores "
+        f"(+ steal {s['cpu']['steal_cores']:.2f})",
+        flush=True,
+    )
+
+
+def level_bodies(model: str, args: argparse.Namespace, prompts: list[str]) -> list[list[dict[str, Any]]]:
+    """Request bodies per level (after the warm-up's): the same prompts for every server."""
+    pos, out = args.warmup, []
+    for n in args.requests_per_level:
+        out.append([request_body(model, p, args) for p in prompts[pos : pos + n]])
+        pos += n
+    return out
+
+
 async def drive(
     server: Server, model: str, args: argparse.Namespace, prompts: list[str]
-) -> list[dict[str, Any]]:
-    url = server.base + "/v1/completions"
-    top = max(args.concurrency)
-    limits = httpx.Limits(max_connections=top, max_keepalive_connections=top)
-    timeout = httpx.Timeout(args.request_timeout, connect=10.0)
-
-    def body(prompt: str) -> dict[str, Any]:
-        return {
-            "model": model,
-            "prompt": prompt,
-            "max_tokens": args.output_tokens,
-            "temperature": 0,
-            "ignore_eos": True,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-
+) -> tuple[list[dict[str, Any]], list[list[Result]]]:
+    """Sequential mode: every level on one server."""
     levels, raw = [], []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        pos = 0
-        if args.warmup:
-            warm, _ = await run_level(client, url, [body(p) for p in prompts[: args.warmup]], min(8, top))
-            pos = args.warmup
-            bad = [r.error for r in warm if not r.ok]
-            print(f"  warm-up: {len(warm)} requests, {len(bad)} errors {bad[:1]}", flush=True)
-        for conc, n in zip(args.concurrency, args.requests_per_level, strict=True):
-            bodies = [body(p) for p in prompts[pos : pos + n]]
-            pos += n
+    async with make_client(args) as client:
+        warm = [request_body(model, p, args) for p in prompts[: args.warmup]]
+        await warm_up(server, client, warm, max(args.concurrency))
+        for conc, bodies in zip(args.concurrency, level_bodies(model, args, prompts), strict=True):
             spies = []
-            profile_level = args.py_spy_level or top
-            if args.py_spy_dir and conc == profile_level:
-                # Sample the middle of the level (the ramp-up and tail are not steady state).
-                spies = py_spy_record(server, Path(args.py_spy_dir), seconds=20)
-            with CpuMeter(server) as meter:
-                results, wall = await run_level(client, url, bodies, conc)
+            if args.py_spy_dir and conc == (args.py_spy_level or max(args.concurrency)):
+                spies = py_spy_record(server, Path(args.py_spy_dir), seconds=20)  # the level's first 20 s
+            summary, results = await measure(server, client, bodies, conc)
             for spy in spies:
                 await asyncio.to_thread(spy.wait)
-            summary = {"concurrency": conc, **summarize(results, wall), "cpu": meter.result}
             levels.append(summary)
             raw.append(results)
-            print(
-                f"  c={conc:<3} {summary['req_per_s']:6.2f} req/s {summary['output_tok_per_s']:7.1f} tok/s "
-                f"TTFT p50 {summary['ttft_ms']['p50']:7.1f} ms  ITL p50 {summary['itl_ms']['p50']:6.2f} ms  "
-                f"errors {summary['errors']}  other load {meter.result['foreign_busy_cores']:.2f} cores "
-                f"(+ steal {meter.result['steal_cores']:.2f})",
-                flush=True,
-            )
+            print_level(server.kind, summary)
     return levels, raw
 
 
-# ---------------------------------------------------------------- running a server
+async def drive_interleaved(
+    servers: dict[str, Server], model: str, args: argparse.Namespace, prompts: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Interleaved mode: both servers up; each level runs in blocks that alternate between
+    the servers (A B B A A B ...), so background load that comes and goes hits both alike."""
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {k: await stack.enter_async_context(make_client(args)) for k in servers}
+        warm = [request_body(model, p, args) for p in prompts[: args.warmup]]
+        for kind, server in servers.items():
+            await warm_up(server, clients[kind], warm, max(args.concurrency))
+        kinds = list(servers)
+        for conc, bodies in zip(args.concurrency, level_bodies(model, args, prompts), strict=True):
+            size = args.block or max(2 * conc, math.ceil(len(bodies) / 8))
+            blocks = [bodies[i : i + size] for i in range(0, len(bodies), size)]
+            parts: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+            results: dict[str, list[Result]] = {k: [] for k in kinds}
+            for i, block in enumerate(blocks):
+                for kind in kinds if i % 2 == 0 else kinds[::-1]:
+                    summary, res = await measure(servers[kind], clients[kind], block, conc)
+                    parts[kind].append(summary)
+                    results[kind] += res
+            for kind in kinds:
+                merged = merge_parts(parts[kind], results[kind])
+                merged["blocks"] = [
+                    {
+                        "requests": p["requests"],
+                        "wall_s": p["wall_s"],
+                        "ttft_p50_ms": p["ttft_ms"]["p50"],
+                        "itl_p50_ms": p["itl_ms"]["p50"],
+                        "foreign_busy_cores": p["cpu"]["foreign_busy_cores"],
+                    }
+                    for p in parts[kind]
+                ]
+                out[kind].append(merged)
+                print_level(kind, merged)
+    return out
 
 
-def run_server(
-    kind: str, args: argparse.Namespace, graph, model_path: str, prompts: list[str], stamp: str
-) -> dict[str, Any]:
+def merge_parts(parts: list[dict[str, Any]], results: list[Result]) -> dict[str, Any]:
+    """One level summary from several runs of it (rounds or blocks): percentiles over all
+    their requests, rates over their summed wall time, CPU summed."""
+    wall = sum(x["wall_s"] for x in parts)
+    summary = {"concurrency": parts[0]["concurrency"], **summarize(results, wall)}
+    cpu: dict[str, float] = {}
+    for x in parts:
+        for k, v in x["cpu"]["cpu_s_by_process"].items():
+            cpu[k] = cpu.get(k, 0.0) + v
+    labels = sorted({k for x in parts for k in x["cpu"]["sched_by_process"]})
+    summary["cpu"] = {
+        "wall_s": wall,
+        "cpu_s_by_process": {k: round(v, 3) for k, v in sorted(cpu.items())},
+        "cpu_s_client": round(sum(x["cpu"]["cpu_s_client"] for x in parts), 3),
+        "sched_by_process": {
+            k: [
+                round(sum(x["cpu"]["sched_by_process"].get(k, [0.0] * 4)[j] for x in parts), 4)
+                for j in range(4)
+            ]
+            for k in labels
+        },
+        **{
+            key: round(sum(x["cpu"][key] * x["cpu"]["wall_s"] for x in parts) / wall, 3)
+            for key in ("machine_busy_cores", "foreign_busy_cores", "steal_cores")
+        },
+    }
+    return summary
+
+
+# ---------------------------------------------------------------- running servers
+
+
+@contextlib.contextmanager
+def started(
+    kind: str, args: argparse.Namespace, graph, model_path: str, stamp: str
+) -> Iterator[tuple[Server, dict]]:
+    """Start one server, wait for /health 200; stop its whole process tree on the way out."""
     port = free_port()
     log_path = RESULTS / "logs" / f"{stamp}-{kind}.log"
     tmp = None
@@ -753,49 +856,51 @@ def run_server(
     try:
         with Server(kind, argv, env, port, log_path) as server:
             info["startup_s"] = round(server.wait_ready(args.ready_timeout), 1)
-            print(f"  ready in {info['startup_s']} s", flush=True)
+            print(f"  [{kind}] ready in {info['startup_s']} s", flush=True)
             info["processes"] = sorted({label for label, _ in server.processes().values()})
-            info["levels"], raw = asyncio.run(drive(server, graph.spec.model.name, args, prompts))
+            yield server, info
             t0 = time.monotonic()
         info["stop_s"] = round(time.monotonic() - t0, 1)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    return info, raw
 
 
-def pool(rounds: list[dict[str, Any]], raws: list[list[list[Result]]]) -> list[dict[str, Any]]:
-    """One summary per level over every round's requests (rates over the summed wall time)."""
-    pooled = []
-    for i, first in enumerate(rounds[0]["levels"]):
-        levels = [r["levels"][i] for r in rounds]
-        wall = sum(x["wall_s"] for x in levels)
-        summary = {
-            "concurrency": first["concurrency"],
-            **summarize([q for raw in raws for q in raw[i]], wall),
+def run_sequential(args, graph, model_path, prompts, stamp, kinds) -> dict[str, dict[str, Any]]:
+    rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    raws: dict[str, list[list[list[Result]]]] = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            if args.rounds > 1:
+                print(f"round {r + 1}/{args.rounds}", flush=True)
+            tag = stamp if args.rounds == 1 else f"{stamp}-r{r + 1}"
+            with started(kind, args, graph, model_path, tag) as (server, info):
+                info["levels"], raw = asyncio.run(drive(server, graph.spec.model.name, args, prompts))
+            rounds[kind].append(info)
+            raws[kind].append(raw)
+    if args.rounds == 1:
+        return {kind: rounds[kind][0] for kind in kinds}
+    return {
+        kind: {
+            "levels": [
+                merge_parts([r["levels"][i] for r in rounds[kind]], [q for raw in raws[kind] for q in raw[i]])
+                for i in range(len(args.concurrency))
+            ],
+            "rounds": rounds[kind],
         }
-        cpu: dict[str, float] = {}
-        for x in levels:
-            for k, v in x["cpu"]["cpu_s_by_process"].items():
-                cpu[k] = cpu.get(k, 0.0) + v
-        summary["cpu"] = {
-            "wall_s": wall,
-            "cpu_s_by_process": {k: round(v, 3) for k, v in sorted(cpu.items())},
-            "cpu_s_client": round(sum(x["cpu"]["cpu_s_client"] for x in levels), 3),
-            "sched_by_process": {
-                k: [
-                    round(sum(x["cpu"]["sched_by_process"].get(k, [0.0] * 4)[j] for x in levels), 4)
-                    for j in range(4)
-                ]
-                for k in sorted({k for x in levels for k in x["cpu"]["sched_by_process"]})
-            },
-            **{
-                key: round(sum(x["cpu"][key] * x["cpu"]["wall_s"] for x in levels) / wall, 3)
-                for key in ("machine_busy_cores", "foreign_busy_cores", "steal_cores")
-            },
-        }
-        pooled.append(summary)
-    return pooled
+        for kind in kinds
+    }
+
+
+def run_interleaved(args, graph, model_path, prompts, stamp, kinds) -> dict[str, dict[str, Any]]:
+    with contextlib.ExitStack() as stack:
+        servers, infos = {}, {}
+        for kind in kinds:  # one at a time: two model loads at once would only slow both
+            servers[kind], infos[kind] = stack.enter_context(started(kind, args, graph, model_path, stamp))
+        levels = asyncio.run(drive_interleaved(servers, graph.spec.model.name, args, prompts))
+        for kind in kinds:
+            infos[kind]["levels"] = levels[kind]
+    return infos
 
 
 # ---------------------------------------------------------------- report
@@ -971,25 +1076,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  WARNING: the vLLM CLI differs from the worker: {check['diffs']}", flush=True)
         else:
             print("  identical (every AsyncEngineArgs field)", flush=True)
-    rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    raws: dict[str, list[Any]] = {k: [] for k in kinds}
     try:
-        for r in range(args.rounds):
-            for kind in kinds if r % 2 == 0 else kinds[::-1]:
-                if args.rounds > 1:
-                    print(f"round {r + 1}/{args.rounds}", flush=True)
-                tag = stamp if args.rounds == 1 else f"{stamp}-r{r + 1}"
-                info, raw = run_server(kind, args, graph, model_path, prompts, tag)
-                rounds[kind].append(info)
-                raws[kind].append(raw)
+        run = run_interleaved if args.interleave else run_sequential
+        report["runs"] = run(args, graph, model_path, prompts, stamp, kinds)
     except KeyboardInterrupt:
         print("interrupted: servers stopped", file=sys.stderr)
         return 130
-    for kind in kinds:
-        if args.rounds == 1:
-            report["runs"][kind] = rounds[kind][0]
-        else:
-            report["runs"][kind] = {"levels": pool(rounds[kind], raws[kind]), "rounds": rounds[kind]}
     report["comparison"] = comparison(report["runs"])
     report["loadavg_at_end"] = os.getloadavg()
     report["total_s"] = round(time.monotonic() - t_start, 1)

@@ -2,8 +2,7 @@
 
 import pytest
 
-from inference_graph.models import ModelSourceError, resolve_model_source
-from inference_graph.models import sources
+from inference_graph.models import ModelSourceError, resolve_model_source, sources
 
 
 def test_tiny_builtin_is_built_once_and_reused(tmp_path):
@@ -20,14 +19,17 @@ def test_unknown_builtin_names_the_known_ones(tmp_path):
 
 
 def test_local_directory_needs_a_config(tmp_path):
-    with pytest.raises(ModelSourceError, match="no config.json"):
+    with pytest.raises(ModelSourceError, match=r"no config\.json"):
         resolve_model_source(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
     assert resolve_model_source(f"file://{tmp_path}") == str(tmp_path)
 
 
 def test_hub_ids_pass_through():
-    assert resolve_model_source("hf://HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        resolve_model_source("hf://HuggingFaceTB/SmolLM2-135M-Instruct")
+        == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
 
 
 def test_pvc_source_is_the_operator_mount(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from .spec import WORKER_ROLES, EngineType, InferenceGraph, Role
 # Environment names shared with the seeds' deployments.
 NATS_ENV = "NATS_SERVER"
 ETCD_ENV = "ETCD_ENDPOINTS"
+# Engines one worker process hosts (the local launcher packs simulated workers).
+ENGINES_PER_PROCESS_ENV = "IG_ENGINES_PER_PROCESS"
 
 ROLE_MODULES = {
     Role.FRONTEND: "inference_graph.roles.frontend",

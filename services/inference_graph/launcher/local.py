@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from ..core.instances import ETCD_ENV, NATS_ENV, desired_instances
-from ..core.spec import WORKER_ROLES, InferenceGraph, Role, SpecError
+from ..core.instances import ENGINES_PER_PROCESS_ENV, ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
+from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
 from ..models import resolve_model_source
 from .supervisor import Supervisor
 
@@ -61,6 +62,28 @@ def check_runs_locally(graph: InferenceGraph) -> None:
         )
     if services.decode.replicas < 1:
         raise SpecError("spec.services.decode.replicas", "must be at least 1 to serve requests")
+
+
+def local_processes(graph: InferenceGraph, instance: RoleInstance):
+    """How many processes run ``instance`` here, and the environment of each.
+
+    Simulated workers are cheap: ``engine.mocker.instancesPerProcess`` of them
+    share one process (the last takes the remainder), so dozens fit on 2 cores.
+    """
+    per_process = graph.spec.engine.mocker.instances_per_process
+    if (
+        instance.role not in WORKER_ROLES
+        or graph.spec.engine.type is not EngineType.MOCKER
+        or per_process == 1
+    ):
+        return instance, instance.replicas, None
+    processes = math.ceil(instance.replicas / per_process)
+
+    def env_of(index: int) -> dict[str, str]:
+        engines = min(per_process, instance.replicas - index * per_process)
+        return {ENGINES_PER_PROCESS_ENV: str(engines)}
+
+    return instance, processes, env_of
 
 
 @contextlib.asynccontextmanager
@@ -134,7 +157,7 @@ async def serve(graph: InferenceGraph, options: LocalOptions = LocalOptions()) -
 async def _run(graph, graph_path, infra_env, supervisor, options, stop) -> None:
     instances = desired_instances(graph, graph_path, infra_env)
     for instance in instances:
-        await supervisor.set_replicas(instance, instance.replicas)
+        await supervisor.set_replicas(*local_processes(graph, instance))
     port = graph.spec.services.frontend.port or 8000
     base = f"http://{options.host}:{port}"
     stopped = asyncio.create_task(stop.wait())

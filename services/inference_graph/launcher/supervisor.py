@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.instances import RoleInstance
@@ -55,12 +56,16 @@ class Supervisor:
     def pids(self) -> list[int]:
         return [r.proc.pid for group in self._replicas.values() for r in group if r.proc]
 
-    async def set_replicas(self, instance: RoleInstance, count: int) -> None:
-        """Start or stop replicas of ``instance.role`` until ``count`` run."""
+    async def set_replicas(
+        self, instance: RoleInstance, count: int, env_of: Callable[[int], dict[str, str]] | None = None
+    ) -> None:
+        """Start or stop replicas of ``instance.role`` until ``count`` run; ``env_of(index)``
+        adds environment for one replica."""
         group = self._replicas.setdefault(instance.role.value, [])
         while len(group) < count:
             index = len(group)
-            env = {**self._base_env, **instance.env, "IG_REPLICA_INDEX": str(index)}
+            extra = env_of(index) if env_of else {}
+            env = {**self._base_env, **instance.env, "IG_REPLICA_INDEX": str(index), **extra}
             replica = Replica(f"{instance.role.value}-{index}", instance.argv(sys.executable), env)
             group.append(replica)
             replica.task = asyncio.create_task(self._keep_running(replica), name=replica.name)

@@ -17,7 +17,9 @@ EOS = 2
 def model_dir(tmp_path_factory) -> str:
     """What the mocker reads from a model: config.json, generation_config.json, tokenizer.json."""
     root = tmp_path_factory.mktemp("fake-model")
-    (root / "config.json").write_text(json.dumps({"vocab_size": VOCAB, "eos_token_id": EOS, "bos_token_id": 1}))
+    (root / "config.json").write_text(
+        json.dumps({"vocab_size": VOCAB, "eos_token_id": EOS, "bos_token_id": 1})
+    )
     (root / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS, 3]}))
     added = [{"id": i, "content": f"<s{i}>", "special": True} for i in range(4)]
     (root / "tokenizer.json").write_text(json.dumps({"added_tokens": added}))

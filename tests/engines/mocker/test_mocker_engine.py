@@ -161,7 +161,10 @@ async def test_kv_events_replay_to_the_cached_set(make_engine):
     consumer = asyncio.create_task(consume())
     shared = list(range(10, 10 + 3 * BS))
     await asyncio.gather(
-        *(run(engine, f"k{i}", shared + list(range(100 + 50 * i, 130 + 50 * i)), greedy(20)) for i in range(6))
+        *(
+            run(engine, f"k{i}", shared + list(range(100 + 50 * i, 130 + 50 * i)), greedy(20))
+            for i in range(6)
+        )
     )
     await wait_for(lambda: not engine._events)
     await asyncio.sleep(0)
@@ -253,7 +256,7 @@ async def test_thirty_two_engines_in_one_process(model_dir):
             *(run(e, f"r{j}", prompts[i], greedy(8)) for i, e in enumerate(engines) for j in range(3))
         )
         assert all(len(tokens) == 8 for _, tokens in results)
-        for i, e in enumerate(engines):  # each engine cached only its own prompt (3 blocks) + output
+        for e in engines:  # each engine cached only its own prompt (3 blocks) + output
             own = e.kv.cached_hashes()
             assert len(own) == 3
             assert not own & set().union(*(x.kv.cached_hashes() for x in engines if x is not e))
@@ -278,7 +281,7 @@ async def test_reads_the_real_model_config(tiny_model_path):
 
 
 async def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         await MockerEngine(EngineSpec(type="mocker"), str(tmp_path)).start()
     spec = EngineSpec(type="mocker", max_model_len=4096, mocker=MockerSpec(num_kv_blocks=10))
     with pytest.raises(ValueError, match="cannot hold one sequence"):

@@ -138,7 +138,7 @@ def test_caching_disabled_emits_nothing():
 
 # ---------------------------------------------------------------- property test
 
-PREFIXES = [[], list(range(100, 108)), list(range(200, 212)), list(range(100, 104)) + [7, 7, 7, 7]]
+PREFIXES = [[], list(range(100, 108)), list(range(200, 212)), [100, 101, 102, 103, 7, 7, 7, 7]]
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -209,7 +209,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.index == self.kv.cached_hashes()
         for s in self.seqs:
             if s.status == Status.FINISHED and s.finish_reason != "abort":
-                assert s.num_outputs == s.max_tokens or s.output_ids[-1] == 2 or s.num_tokens == self.max_model_len
+                assert (
+                    s.num_outputs == s.max_tokens
+                    or s.output_ids[-1] == 2
+                    or s.num_tokens == self.max_model_len
+                )
 
     def teardown(self):
         for _ in range(2000):  # everything left finishes: no livelock, no leak

@@ -65,7 +65,10 @@ def test_table_interpolates(tmp_path):
         ({"prefill": {}}, "needs 'prefill' and 'decode'"),
         ({**PROFILE, "prefill": {"tokens": [5, 1], "ms": [1, 2]}}, "strictly increasing"),
         ({**PROFILE, "prefill": {"tokens": [1, 5], "ms": [1]}}, "prefill.ms must be a list of 2"),
-        ({**PROFILE, "decode": {**PROFILE["decode"], "ms": [[1.0, 2.0]]}}, "decode.ms must be a list of 2 rows"),
+        (
+            {**PROFILE, "decode": {**PROFILE["decode"], "ms": [[1.0, 2.0]]}},
+            "decode.ms must be a list of 2 rows",
+        ),
     ],
 )
 def test_table_errors_name_the_problem(profile, message):
@@ -87,7 +90,7 @@ def test_registry():
 
 
 async def test_polynomial_step_times_follow_the_model(make_engine):
-    engine = await make_engine(timing="polynomial", speedup=10, block_size=16, num_kv_blocks=256)
+    engine = await make_engine(timing="polynomial", speedup=2, block_size=16, num_kv_blocks=256)
     prompt = list(range(10, 410))
     start = time.perf_counter()
     frames = [
@@ -101,10 +104,11 @@ async def test_polynomial_step_times_follow_the_model(make_engine):
     log = list(engine.step_log)
     assert len(log) == 25 and log[0][:2] == (400, 0) and all(s[:2] == (0, 1) for s in log[1:])
     model = PolynomialTiming()
-    expected = (model.prefill_ms(400) + sum(model.decode_ms(1, s[2]) for s in log[1:])) / 10 / 1000
+    expected = (model.prefill_ms(400) + sum(model.decode_ms(1, s[2]) for s in log[1:])) / 2 / 1000
     assert sum(s[3] for s in log) == pytest.approx(expected)
-    # ~17 ms in all; the event loop wakes timers up to ~1 ms late, the step clock catches up.
-    assert expected * 0.7 - 0.003 <= elapsed <= expected * 1.3 + 0.03
+    # ~85 ms in all. The event loop wakes timers up to ~1 ms late and the step clock
+    # catches up; the upper bound is loose for a busy machine.
+    assert expected * 0.7 - 0.003 <= elapsed <= expected * 1.3 + 0.1
 
 
 async def test_instant_engine_still_yields_every_step(make_engine):

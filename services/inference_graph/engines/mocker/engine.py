@@ -382,4 +382,3 @@ def _validate(request: wire.GenerateRequest, max_model_len: int, vocab_size: int
                 f"Requested sample logprobs of {wanted}, which is greater than max allowed: {MAX_LOGPROBS}",
                 "logprobs",
             )
-

@@ -23,6 +23,7 @@ the ``MockerSpec``; add a model by adding one entry.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +103,7 @@ def _axis(data: dict, key: str, where: str) -> list[float]:
     values = data.get(key)
     if not isinstance(values, list) or not values or not all(isinstance(v, int | float) for v in values):
         raise ValueError(f"{where}.{key} must be a non-empty list of numbers")
-    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"{where}.{key} must be strictly increasing")
     return [float(v) for v in values]
 
@@ -135,7 +136,9 @@ class TableTiming:
         if not (isinstance(grid, list) and len(grid) == len(self.batch)) or any(
             not isinstance(row, list) or len(row) != len(self.usage) for row in grid
         ):
-            raise ValueError(f"{source}: decode.ms must be a list of {len(self.batch)} rows of {len(self.usage)}")
+            raise ValueError(
+                f"{source}: decode.ms must be a list of {len(self.batch)} rows of {len(self.usage)}"
+            )
         self.grid = [[float(v) for v in row] for row in grid]
 
     @classmethod
@@ -156,7 +159,11 @@ class TableTiming:
 
 def _axis_values(data: dict, n: int, where: str) -> list[float]:
     values = data.get("ms")
-    if not isinstance(values, list) or len(values) != n or not all(isinstance(v, int | float) for v in values):
+    if (
+        not isinstance(values, list)
+        or len(values) != n
+        or not all(isinstance(v, int | float) for v in values)
+    ):
         raise ValueError(f"{where}.ms must be a list of {n} numbers")
     return [float(v) for v in values]
 

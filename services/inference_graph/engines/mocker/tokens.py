@@ -75,7 +75,9 @@ class Vocab:
     def plain(cls, vocab_size: int, eos_token_id: int | None = None, special: tuple[int, ...] = ()) -> Vocab:
         eos = frozenset(() if eos_token_id is None else (eos_token_id,))
         banned = set(special) | eos
-        return cls(vocab_size, eos_token_id, eos, array("I", (i for i in range(vocab_size) if i not in banned)))
+        return cls(
+            vocab_size, eos_token_id, eos, array("I", (i for i in range(vocab_size) if i not in banned))
+        )
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,0 +1,91 @@
+"""One served engine: its endpoint, its events, its registration, its drain.
+
+A worker process usually hosts one ``WorkerInstance``; with the simulated
+engine it can host many (``engine.mocker.instancesPerProcess``), each a
+separate instance in discovery with its own subjects, so a 2-core machine can
+run a graph of dozens of workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import msgspec
+
+from ... import wire
+from ...engines.base import Engine
+from ...runtime.discovery import Registration
+from ...runtime.event_plane import EventPublisher
+from ...runtime.request_plane import EndpointServer
+from ..bootstrap import RoleContext
+from .handlers import GENERATE_ENDPOINT, make_generate_handler
+
+log = logging.getLogger(__name__)
+
+LOAD_INTERVAL = float(os.environ.get("IG_LOAD_INTERVAL", "1.0"))
+DRAIN_TIMEOUT = 30.0
+
+
+class WorkerInstance:
+    def __init__(self, ctx: RoleContext, engine: Engine, instance_id: str):
+        self.ctx = ctx
+        self.engine = engine
+        self.instance_id = instance_id
+        self._server = EndpointServer(ctx.nc, ctx.namespace, ctx.role.value, instance_id)
+        self._publisher = EventPublisher(ctx.nc, ctx.namespace, instance_id)
+        self._background: list[asyncio.Task] = []
+        self._registration: Registration | None = None
+
+    async def start(self) -> None:
+        """Serve, publish events, then register: routing never sees an instance that cannot serve."""
+        await self._server.serve(GENERATE_ENDPOINT, make_generate_handler(self.engine))
+        self._background = [
+            asyncio.create_task(self._relay_kv_events(), name=f"kv-events-{self.instance_id}"),
+            asyncio.create_task(self._publish_load(), name=f"load-{self.instance_id}"),
+        ]
+        info = self.engine.info
+        service = self.ctx.graph.spec.services.get(self.ctx.role)
+        registered = msgspec.structs.replace(
+            self.ctx.instance_info(),
+            instance_id=self.instance_id,
+            block_size=info.block_size,
+            num_kv_blocks=info.num_kv_blocks,
+            max_model_len=info.max_model_len,
+            tensor_parallel_size=service.tensor_parallel_size if service else 1,
+        )
+        self._registration = await self.ctx.discovery.register(registered, self.ctx.config.lease_ttl)
+        log.info("%s ready: %d KV blocks of %d tokens", self.instance_id, info.num_kv_blocks, info.block_size)
+
+    async def drain(self) -> None:
+        """Leave routing first, then finish the streams in flight, then stop the engine."""
+        if self._registration is not None:
+            await self._registration.revoke()
+        await self._server.stop(drain_timeout=DRAIN_TIMEOUT)
+        for task in self._background:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._background)
+        await self.engine.shutdown()
+
+    async def _relay_kv_events(self) -> None:
+        async for events in self.engine.kv_events():
+            await self._publisher.publish_kv(events)
+
+    async def _publish_load(self) -> None:
+        while True:
+            load = self.engine.load()
+            await self._publisher.publish_load(
+                wire.LoadMetrics(
+                    instance_id=self.instance_id,
+                    timestamp=time.time(),
+                    running=load.running,
+                    waiting=load.waiting,
+                    kv_usage=load.kv_usage,
+                    num_kv_blocks=self.engine.info.num_kv_blocks,
+                )
+            )
+            await asyncio.sleep(LOAD_INTERVAL)  # a publishing period, not synchronisation
