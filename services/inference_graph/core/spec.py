@@ -88,6 +88,12 @@ class MockerSpec(_Model):
         description="Simulated workers hosted by one worker process (each registers on its own).",
     )
     seed: int = Field(default=0, description="Seed of the simulated output tokens.")
+    eos_probability: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Chance per generated token of ending at EOS (mean output length 1/p); 0 runs to maxTokens.",
+    )
 
 
 class EngineSpec(_Model):

@@ -37,5 +37,7 @@ def create_engine(engine_spec: EngineSpec, model_path: str, served_model_name: s
     if kind == "mocker":
         from .mocker import MockerEngine
 
-        return MockerEngine(engine_spec, model_path, served_model_name)
+        return MockerEngine(
+            engine_spec, model_path, served_model_name, eos_probability=engine_spec.mocker.eos_probability
+        )
     raise ValueError(f"engine.type: unknown engine type {kind!r}; known: vllm, mocker")

@@ -277,6 +277,7 @@ class MockerEngine:
             t0 = loop.time()
             step = sched.schedule()
             if not step:
+                self._publish()
                 if not step.preempted:  # nothing fits (cannot happen while one sequence fits the cache)
                     clock = None
                     self._wakeup.clear()
