@@ -147,14 +147,22 @@ async def serve(graph: InferenceGraph, options: LocalOptions = LocalOptions()) -
             base_env = {**os.environ, "IG_NAMESPACE": graph.metadata.name, "PYTHONUNBUFFERED": "1"}
             supervisor = Supervisor(base_env)
             try:
-                await _run(graph, str(graph_path), infra_env, supervisor, options, stop)
+                await _run_until_stopped(graph, str(graph_path), infra_env, supervisor, options, stop)
             finally:
                 print("stopping ...", flush=True)
                 await supervisor.stop_all(STOP_ORDER, options.stop_grace)
                 print("stopped", flush=True)
 
 
-async def _run(graph, graph_path, infra_env, supervisor, options, stop) -> None:
+async def _run_until_stopped(
+    graph: InferenceGraph,
+    graph_path: str,
+    infra_env: dict[str, str],
+    supervisor: Supervisor,
+    options: LocalOptions,
+    stop: asyncio.Event,
+) -> None:
+    """Start every role, announce readiness, then wait for a stop signal or a crash loop."""
     instances = desired_instances(graph, graph_path, infra_env)
     for instance in instances:
         await supervisor.set_replicas(*local_processes(graph, instance))

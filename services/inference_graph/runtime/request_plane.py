@@ -258,6 +258,30 @@ class EndpointClient:
         the call in ``contextlib.aclosing`` so that happens at once rather than when
         the generator is garbage-collected.
         """
+        batches = self.stream_batches(
+            endpoint, payload, instance_id, ack_timeout=ack_timeout, idle_timeout=idle_timeout
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    yield item
+
+    async def stream_batches(
+        self,
+        endpoint: str,
+        payload: bytes,
+        instance_id: str | None = None,
+        *,
+        ack_timeout: float = 5.0,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[list[bytes]]:
+        """Like ``stream``, but yields every DATA payload that has already arrived as one list.
+
+        A caller that keeps up gets one payload per list; one that lags gets what
+        queued up meanwhile, so it can handle (and forward) them as one message. Nothing
+        waits for more frames: the first payload of a list is the one the caller
+        awaited. An END, ERROR or failure behind queued payloads comes after them.
+        """
         if self._closed:
             raise ClientClosedError("EndpointClient is closed")
         await self._ensure_reply_sub()
@@ -269,24 +293,38 @@ class EndpointClient:
         )
         st = _Stream(subject, f"{self._inbox_prefix}.{token}", instance_id)
         self._streams[token] = st
+        queue = st.queue
+        data = _FrameKind.DATA
         try:
             await self._nc.publish(subject, payload, reply=st.reply)
             ack = await self._next(st, ack_timeout, "ack")
             if ack.kind != _FrameKind.ACK or ack.seq != 0:
                 self._raise_unexpected(st, ack, "ACK")
             expected = 1
+            held: object = None  # an item taken from the queue behind a batch, handled next
             while True:
-                frame = await self._next(st, idle_timeout, "idle")
+                if held is None:
+                    frame = await self._next(st, idle_timeout, "idle")
+                else:
+                    frame, held = self._unwrap(st, held), None
                 if frame.seq != expected:
                     raise ProtocolError(subject, f"frame seq {frame.seq}, expected {expected}")
                 expected += 1
-                if frame.kind == _FrameKind.DATA:
-                    yield frame.payload
-                elif frame.kind == _FrameKind.END:
+                if frame.kind == _FrameKind.END:
                     st.finished = True
                     return
-                else:
+                if frame.kind != data:
                     self._raise_unexpected(st, frame, "DATA or END")
+                batch = [frame.payload]
+                while queue.qsize():
+                    item = queue.get_nowait()
+                    if type(item) is wire.ResponseFrame and item.kind == data and item.seq == expected:
+                        batch.append(item.payload)
+                        expected += 1
+                    else:
+                        held = item
+                        break
+                yield batch
         finally:
             self._streams.pop(token, None)
             if not st.finished:
@@ -384,11 +422,16 @@ class EndpointClient:
                     item = await st.queue.get()
             except TimeoutError:
                 raise RequestTimeoutError(st.subject, phase, limit or 0.0, st.serving) from None
+        return self._unwrap(st, item)
+
+    @staticmethod
+    def _unwrap(st: _Stream, item: object) -> wire.ResponseFrame:
+        """A queued item: the frame, or raise the error that ended the stream."""
         if isinstance(item, BaseException):
             if isinstance(item, NoRespondersError):
                 st.finished = True  # no ACK will ever come: nothing to cancel
             raise item
-        return item
+        return item  # type: ignore[return-value]
 
     def _raise_unexpected(self, st: _Stream, frame: wire.ResponseFrame, wanted: str) -> None:
         if frame.kind == _FrameKind.ERROR:

@@ -26,11 +26,18 @@ class NatsProcessorClient:
         self._decode = wire.decoder(wire.ProcessOutput).decode
 
     async def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]:
-        stream = self._client.stream(PROCESS_ENDPOINT, self._encode(request), ack_timeout=self._ack_timeout)
+        stream = self._client.stream_batches(
+            PROCESS_ENDPOINT, self._encode(request), ack_timeout=self._ack_timeout
+        )
+        decode = self._decode
         try:
             async with contextlib.aclosing(stream):
-                async for payload in stream:
-                    yield self._decode(payload)
+                async for batch in stream:
+                    if len(batch) == 1:
+                        yield decode(batch[0])
+                    else:  # frames that queued up while we were busy: one SSE event per choice
+                        for output in merge_outputs([decode(p) for p in batch]):
+                            yield output
         except NoRespondersError:
             raise _unavailable("No processor is running for this graph.") from None
         except InstanceLostError as exc:
@@ -39,6 +46,35 @@ class NatsProcessorClient:
             raise ProcessingError(
                 wire.ErrorInfo(504, "timeout", f"The processor did not answer: {exc}")
             ) from None
+
+
+def merge_outputs(outputs: list[wire.ProcessOutput]) -> list[wire.ProcessOutput]:
+    """Consecutive outputs of the same unfinished choice merged into one (text, token count
+    and logprobs in order; the last one's finish and usage); order otherwise kept."""
+    merged: list[wire.ProcessOutput] = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (
+            prev is None
+            or prev.index != out.index
+            or prev.finish_reason is not None
+            or prev.usage is not None
+        ):
+            merged.append(out)
+            continue
+        logprobs = prev.logprobs
+        if out.logprobs is not None:
+            logprobs = out.logprobs if logprobs is None else logprobs + out.logprobs
+        merged[-1] = wire.ProcessOutput(
+            index=out.index,
+            text=prev.text + out.text,
+            num_tokens=prev.num_tokens + out.num_tokens,
+            finish_reason=out.finish_reason,
+            stop_reason=out.stop_reason,
+            logprobs=logprobs,
+            usage=out.usage,
+        )
+    return merged
 
 
 def _unavailable(message: str) -> ProcessingError:

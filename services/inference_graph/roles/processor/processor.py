@@ -155,7 +155,10 @@ class Processor:
         self, stream: AsyncIterator[wire.GenerateOutput], instance: str
     ) -> wire.GenerateOutput:
         """The worker's next frame, with every failure turned into a ``ProcessingError``."""
+        deadline = None
         try:
+            if self._stall_timeout is None:  # no timer per frame when there is no limit
+                return await anext(stream)
             async with asyncio.timeout(self._stall_timeout) as deadline:
                 return await anext(stream)
         except StopAsyncIteration:
@@ -163,7 +166,7 @@ class Processor:
         except (ProcessingError, WorkerUnreachable):
             raise
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 raise service_unavailable(
                     f"Worker {instance} sent nothing for {self._stall_timeout} s; request abandoned."
                 ) from exc

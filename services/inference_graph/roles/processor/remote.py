@@ -34,19 +34,44 @@ class NatsWorkerClient:
         self, request: wire.GenerateRequest, instance_id: str
     ) -> AsyncIterator[wire.GenerateOutput]:
         payload = self._encode(request)
-        stream = self._client.stream(GENERATE_ENDPOINT, payload, instance_id, ack_timeout=self._ack_timeout)
+        stream = self._client.stream_batches(
+            GENERATE_ENDPOINT, payload, instance_id, ack_timeout=self._ack_timeout
+        )
+        decode = self._decode
         produced = False
         try:
             async with contextlib.aclosing(stream):
-                async for frame in stream:
+                async for batch in stream:
                     produced = True
-                    yield self._decode(frame)
+                    # Frames that queued up while the processor was busy go on as one output
+                    # (as the engine itself merges the tokens of steps its consumer missed).
+                    yield decode(batch[0]) if len(batch) == 1 else merge_outputs([decode(p) for p in batch])
         except (NoRespondersError, InstanceLostError, RequestTimeoutError) as exc:
             # Refused, never accepted, or lost before the first token: nothing reached
             # the client, so another worker may serve the request from the start.
             if produced or (isinstance(exc, RequestTimeoutError) and exc.phase != "ack"):
                 raise
             raise WorkerUnreachable(instance_id) from exc
+
+
+def merge_outputs(outputs: list[wire.GenerateOutput]) -> wire.GenerateOutput:
+    """Consecutive worker outputs of one request as one: tokens (and logprobs) in order,
+    the last one's finish and counts."""
+    last = outputs[-1]
+    token_ids: list[int] = []
+    logprobs: list[wire.TokenLogprob] | None = None
+    for out in outputs:
+        token_ids += out.token_ids
+        if out.logprobs is not None:
+            logprobs = out.logprobs if logprobs is None else logprobs + out.logprobs
+    return wire.GenerateOutput(
+        token_ids=token_ids,
+        finish_reason=last.finish_reason,
+        num_prompt_tokens=last.num_prompt_tokens,
+        num_cached_tokens=last.num_cached_tokens,
+        logprobs=logprobs,
+        stop_token_id=last.stop_token_id,
+    )
 
 
 class DiscoveryWorkerDirectory:

@@ -84,6 +84,15 @@ class PromptTokenizer:
         self._added = {i: t.content for i, t in hf_tokenizer.added_tokens_decoder.items()}
         self._logprob_tokens: dict[int, tuple[str, list[int]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # ``hf.encode`` is the backend's encode (through encode_batch) plus Python wrapping
+        # (~0.2-0.4 ms of a 1.1k-token prompt); call the backend directly when it is set up
+        # exactly as ``hf.encode`` would set it (no truncation or padding, special tokens kept).
+        self._direct_encode = (
+            self.backend.truncation is None
+            and self.backend.padding is None
+            and not getattr(hf_tokenizer, "split_special_tokens", False)
+            and not self.backend.encode_special_tokens
+        )
 
     @classmethod
     def load(cls, path: str) -> PromptTokenizer:
@@ -144,6 +153,8 @@ class PromptTokenizer:
 
     def encode_text(self, text: str) -> list[int]:
         """Completion prompt: encoded with the tokenizer's default special tokens (BOS or none)."""
+        if self._direct_encode:
+            return self.backend.encode(text).ids
         return list(self.hf.encode(text))
 
     def check_ids(self, token_ids: Sequence[int]) -> list[int]:
