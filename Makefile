@@ -12,7 +12,7 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint bench crd clean-venv
+.PHONY: venv serve test lint bench bench-request-path crd clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: venv
 
 bench: venv
 	$(PY) bench/serving_overhead.py
+
+LABEL ?= run
+bench-request-path: venv
+	$(PY) bench/request_path.py --label $(LABEL)
 
 # The CRD is generated from the spec model; tests fail when the committed copies drift.
 crd: venv

@@ -285,3 +285,37 @@ async def test_frame_latency(servers, client, capsys):
         )
     assert statistics.median(delays) < 5
     assert statistics.median(rtts) < 20
+
+
+async def test_stream_batches_groups_frames_that_already_arrived(client, nc, namespace):
+    """Frames queued before the caller reads come as one list, in order; END or ERROR
+    behind them comes after them; a caller that keeps up gets one payload per list."""
+    enc = wire.encoder.encode
+    info = wire.ErrorInfo(400, "invalid_request_error", "bad")
+
+    async def burst(msg):
+        frames = [wire.ResponseFrame(wire.FrameKind.ACK, 0, instance_id="raw")]
+        frames += [wire.ResponseFrame(wire.FrameKind.DATA, i, payload=b"%d" % i) for i in range(1, 6)]
+        last = wire.ResponseFrame(wire.FrameKind.END, 6)
+        if msg.data == b"error":
+            last = wire.ResponseFrame(wire.FrameKind.ERROR, 6, error=info)
+        for frame in [*frames, last]:
+            await nc.publish(msg.reply, enc(frame))
+
+    await nc.subscribe(f"ig.{namespace}.{COMPONENT}.burst", cb=burst)
+    batches = []
+    async for batch in client.stream_batches("burst", b"ok"):
+        batches.append(batch)
+        await asyncio.sleep(0.05)  # lag: the rest arrives meanwhile
+    assert [p for b in batches for p in b] == [b"1", b"2", b"3", b"4", b"5"]
+    assert len(batches) < 5
+
+    got = []
+    with pytest.raises(RemoteError) as exc:
+        async for batch in client.stream_batches("burst", b"error"):
+            got += batch
+            await asyncio.sleep(0.05)
+    assert got == [b"1", b"2", b"3", b"4", b"5"] and exc.value.info == info
+
+    # The flat stream yields the same payloads one by one.
+    assert await collect(client, "burst", b"ok") == [b"1", b"2", b"3", b"4", b"5"]

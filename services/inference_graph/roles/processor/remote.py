@@ -56,7 +56,7 @@ class NatsWorkerClient:
 
 def merge_outputs(outputs: list[wire.GenerateOutput]) -> wire.GenerateOutput:
     """Consecutive worker outputs of one request as one: tokens (and logprobs) in order,
-    the last one's finish and counts."""
+    the last one's finish and prompt count, the largest cached count."""
     last = outputs[-1]
     token_ids: list[int] = []
     logprobs: list[wire.TokenLogprob] | None = None
@@ -68,7 +68,7 @@ def merge_outputs(outputs: list[wire.GenerateOutput]) -> wire.GenerateOutput:
         token_ids=token_ids,
         finish_reason=last.finish_reason,
         num_prompt_tokens=last.num_prompt_tokens,
-        num_cached_tokens=last.num_cached_tokens,
+        num_cached_tokens=max(out.num_cached_tokens for out in outputs),  # as ChoiceState takes it
         logprobs=logprobs,
         stop_token_id=last.stop_token_id,
     )
