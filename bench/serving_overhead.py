@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--py-spy",
         dest="py_spy_dir",
-        help="record py-spy profiles (raw, flamegraph input) of the graph processes into DIR",
+        help="record py-spy profiles (raw, flamegraph input) of each server's processes into DIR",
     )
     p.add_argument("--py-spy-level", type=int, help="concurrency level to profile (default: the largest)")
     p.add_argument(
