@@ -70,6 +70,12 @@ GOLDEN = [
         "w.LoadMetrics(instance_id='i1', timestamp=2.5, running=3, waiting=1, kv_usage=0.25, num_kv_blocks=100)",
         "96a26931cb40040000000000000301cb3fd000000000000064",
     ),
+    ("RouteRequest", "w.RouteRequest(token_ids=[1, 2, 3], workers=['a', 'b'])", "929301020392a161a162"),
+    (
+        "RouteDecision",
+        "w.RouteDecision(worker='a', expected_hit_tokens=64, overlap_blocks=2)",
+        "93a1614002",
+    ),
 ]
 
 

@@ -262,3 +262,21 @@ encoder = msgspec.msgpack.Encoder()
 def decoder(type_: type) -> msgspec.msgpack.Decoder:
     """A typed decoder; build one per subscription, not per message."""
     return msgspec.msgpack.Decoder(type_)
+
+
+# ---------------------------------------------------------------- router (KV-aware routing)
+
+
+class RouteRequest(msgspec.Struct, **_STRUCT):
+    """Processor -> router ``decide``: which of ``workers`` should serve a prompt of ``token_ids``."""
+
+    token_ids: list[int]
+    workers: list[str]
+
+
+class RouteDecision(msgspec.Struct, **_STRUCT):
+    """The router's answer: the chosen worker and the prefix it is expected to have cached."""
+
+    worker: str
+    expected_hit_tokens: int = 0
+    overlap_blocks: int = 0

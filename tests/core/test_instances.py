@@ -62,3 +62,12 @@ def test_replicas_are_passed_through():
     instances = by_role(desired_instances(g, "/g.yaml", INFRA))
     assert instances[Role.DECODE].replicas == 3
     assert instances[Role.PROCESSOR].replicas == 0
+
+
+def test_kv_routing_runs_the_router_role():
+    g = graph(routing={"strategy": "kv"}, services={"router": {"replicas": 2}})
+    router = by_role(desired_instances(g, "/g.yaml", INFRA))[Role.ROUTER]
+    assert router.module == "inference_graph.roles.router"
+    assert router.replicas == 2
+    assert router.args == ("--graph", "/g.yaml", "--role", "router")
+    assert router.gpus == 0

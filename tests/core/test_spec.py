@@ -45,6 +45,13 @@ def test_shipped_configs_are_valid(path):
         ),
         ({"routing": {"strategy": "nearest"}}, "spec.routing.strategy", "round-robin"),
         ({"services": {"prefill": {"replicas": 1}}}, "spec", "disaggregation.enabled"),
+        ({"routing": {"strategy": "kv"}}, "spec", "spec.services.router"),
+        (
+            {"routing": {"strategy": "kv"}, "services": {"router": {"replicas": 0}}},
+            "spec",
+            "spec.routing.strategy kv",
+        ),
+        ({"routing": {"kv": {"temperature": -1}}}, "spec.routing.kv.temperature", "greater than or equal"),
     ],
 )
 def test_invalid_spec_names_the_field(spec, field, text):
@@ -93,3 +100,13 @@ def test_load_graph_requires_one_graph_document(tmp_path):
 def test_manifest_round_trips():
     graph = parse_graph(minimal(services={"decode": {"replicas": 3}}))
     assert parse_graph(graph.to_manifest()) == graph
+
+
+def test_kv_routing_with_a_router_is_valid_and_defaults_match_the_scorers():
+    from inference_graph.core.kv_scoring import DEFAULT_WEIGHTS
+
+    graph = parse_graph(minimal(routing={"strategy": "kv"}, services={"router": {"replicas": 1}}))
+    assert graph.spec.routing.strategy == "kv"
+    assert graph.spec.routing.kv.weights == DEFAULT_WEIGHTS
+    assert graph.spec.routing.kv.temperature == 0.0
+    assert graph.to_manifest()["spec"]["routing"]["kv"]["temperature"] == 0.0

@@ -20,6 +20,7 @@ ENGINES_PER_PROCESS_ENV = "IG_ENGINES_PER_PROCESS"
 ROLE_MODULES = {
     Role.FRONTEND: "inference_graph.roles.frontend",
     Role.PROCESSOR: "inference_graph.roles.processor",
+    Role.ROUTER: "inference_graph.roles.router",
     Role.DECODE: "inference_graph.roles.worker",
     Role.PREFILL: "inference_graph.roles.worker",
 }

@@ -121,12 +121,38 @@ class EngineSpec(_Model):
 class RoutingStrategy(enum.StrEnum):
     ROUND_ROBIN = "round-robin"
     RANDOM = "random"
+    KV = "kv"
+
+
+# Mirrors core.kv_scoring.DEFAULT_WEIGHTS (tests/core/test_spec.py checks they agree); spec stays
+# free of the routing code so the operator can import it alone.
+DEFAULT_KV_WEIGHTS: dict[str, float] = {"prefix_overlap": 1.0, "kv_usage": 0.3, "queue_depth": 0.3}
+
+
+class KvRoutingSpec(_Model):
+    """Settings of the KV-aware router (``routing.strategy: kv``)."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_KV_WEIGHTS),
+        description="Weight (>= 0) of each scorer in the combined cost: prefix_overlap (share of the "
+        "prompt's blocks the worker already caches), kv_usage (free KV blocks), queue_depth "
+        "(running + waiting requests), inflight_prefill (uncached tokens this router sent recently).",
+    )
+    temperature: float = Field(
+        default=0.0,
+        ge=0,
+        description="Softmax temperature for sampling among near-equal workers; 0 always takes the best.",
+    )
 
 
 class RoutingSpec(_Model):
     strategy: RoutingStrategy = Field(
         default=RoutingStrategy.ROUND_ROBIN,
-        description="How the processor picks a decode worker: round-robin or random.",
+        description="How the processor picks a decode worker: round-robin, random, or kv "
+        "(ask the KV-aware router, services.router, for the worker holding most of the prompt's prefix).",
+    )
+    kv: KvRoutingSpec = Field(
+        default_factory=KvRoutingSpec, description="KV-aware router settings (strategy: kv)."
     )
 
 
@@ -177,6 +203,11 @@ class ServicesSpec(_Model):
     prefill: ServiceSpec | None = Field(
         default=None, description="Engine workers that only prefill; needs disaggregation.enabled."
     )
+    router: ServiceSpec | None = Field(
+        default=None,
+        description="KV-aware routers: index the workers' KV cache events and answer the processor's "
+        "routing decisions; needed by routing.strategy: kv.",
+    )
 
     def get(self, role: Role) -> ServiceSpec | None:
         return getattr(self, role.value, None)
@@ -224,6 +255,13 @@ class GraphSpec(_Model):
         prefill = self.services.prefill
         if prefill is not None and prefill.replicas > 0 and not self.disaggregation.enabled:
             raise ValueError("services.prefill needs disaggregation.enabled: true")
+        return self
+
+    @model_validator(mode="after")
+    def _kv_routing_needs_router(self) -> GraphSpec:
+        router = self.services.router
+        if self.routing.strategy is RoutingStrategy.KV and (router is None or router.replicas < 1):
+            raise ValueError("spec.routing.strategy kv needs spec.services.router with replicas >= 1")
         return self
 
 

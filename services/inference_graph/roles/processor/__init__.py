@@ -10,16 +10,26 @@ here is pure logic over ``wire`` messages. Imports ``wire`` and ``core`` only.
 from .errors import ProcessingError, WorkerError, WorkerUnreachable
 from .ports import WorkerClient, WorkerDirectory
 from .processor import Processor
-from .routing import STRATEGIES, RandomStrategy, RoundRobinStrategy, RoutingStrategy, make_strategy
+from .routing import (
+    STRATEGIES,
+    KvRouterStrategy,
+    RandomStrategy,
+    RoundRobinStrategy,
+    RouterUnavailable,
+    RoutingStrategy,
+    make_strategy,
+)
 from .tokenization import PromptTokenizer
 
 __all__ = [
     "STRATEGIES",
+    "KvRouterStrategy",
     "ProcessingError",
     "Processor",
     "PromptTokenizer",
     "RandomStrategy",
     "RoundRobinStrategy",
+    "RouterUnavailable",
     "RoutingStrategy",
     "WorkerClient",
     "WorkerDirectory",

@@ -7,13 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ... import wire
-from ...core.spec import Role
+from ...core.spec import Role, RoutingStrategy
 from ...runtime.errors import RequestError
 from ...runtime.request_plane import EndpointClient, EndpointServer
 from ..bootstrap import RoleContext, run_role
 from .errors import ProcessingError
 from .processor import Processor
-from .remote import DiscoveryWorkerDirectory, NatsWorkerClient
+from .remote import DiscoveryWorkerDirectory, NatsRouterClient, NatsWorkerClient
 from .routing import make_strategy
 from .tokenization import PromptTokenizer
 
@@ -42,13 +42,18 @@ async def main(ctx: RoleContext) -> None:
     workers_watch = await ctx.discovery.watch_instances(ctx.namespace, Role.DECODE.value)
     workers = EndpointClient(ctx.nc, ctx.namespace, Role.DECODE.value)
     workers_watch.add_listener(workers.on_instance_event)  # a dead worker fails its streams at once
+    router: EndpointClient | None = None
+    strategy_args = {}
+    if spec.routing.strategy is RoutingStrategy.KV:
+        router = EndpointClient(ctx.nc, ctx.namespace, Role.ROUTER.value)
+        strategy_args["decide"] = NatsRouterClient(router)
     processor = Processor(
         tokenizer,
         spec.engine.max_model_len,
         spec.model.name,
         NatsWorkerClient(workers),
         DiscoveryWorkerDirectory(workers_watch, spec.model.name),
-        make_strategy(spec.routing.strategy.value),
+        make_strategy(spec.routing.strategy.value, **strategy_args),
     )
     server = EndpointServer(ctx.nc, ctx.namespace, Role.PROCESSOR.value, ctx.instance_id)
     await server.serve(PROCESS_ENDPOINT, make_handler(processor))
@@ -58,6 +63,8 @@ async def main(ctx: RoleContext) -> None:
     await registration.revoke()  # frontends stop sending here
     await server.stop(drain_timeout=30)  # finish the streams in flight
     await workers.close()
+    if router is not None:
+        await router.close()
     await workers_watch.close()
     processor.close()
 

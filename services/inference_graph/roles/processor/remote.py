@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
 
 from ... import wire
 from ...runtime.discovery import InstanceWatch
-from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError
+from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError, RuntimeErrorBase
 from ...runtime.request_plane import EndpointClient
 from .errors import WorkerUnreachable
+from .routing import RouterUnavailable
 
 GENERATE_ENDPOINT = "generate"
+DECIDE_ENDPOINT = (
+    "decide"  # the router's (roles.router.service.DECIDE_ENDPOINT; roles don't import each other)
+)
 
 
 class NatsWorkerClient:
@@ -88,3 +95,28 @@ class DiscoveryWorkerDirectory:
 
     def _rebuild(self, instances: dict[str, wire.InstanceInfo]) -> None:
         self._ids = sorted(i for i, info in instances.items() if info.model == self._model)
+
+
+class NatsRouterClient:
+    """``KvRouterStrategy``'s ``decide`` over the request plane: one ``decide`` call to any router."""
+
+    def __init__(self, client: EndpointClient, *, timeout: float = 1.0):
+        self._client = client
+        self._timeout = timeout
+        self._encode = wire.encoder.encode
+        self._decode = wire.decoder(wire.RouteDecision).decode
+
+    async def __call__(self, token_ids: list[int], instances: Sequence[str]) -> str:
+        payload = self._encode(wire.RouteRequest(list(token_ids), list(instances)))
+        decision: wire.RouteDecision | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                frames = self._client.stream(DECIDE_ENDPOINT, payload, ack_timeout=self._timeout)
+                async with contextlib.aclosing(frames):
+                    async for frame in frames:  # one DATA frame, then END
+                        decision = decision or self._decode(frame)
+        except (RuntimeErrorBase, TimeoutError, msgspec.DecodeError) as exc:
+            raise RouterUnavailable(str(exc) or type(exc).__name__) from exc
+        if decision is None:
+            raise RouterUnavailable("router ended the stream without a decision")
+        return decision.worker

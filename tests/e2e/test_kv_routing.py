@@ -1,0 +1,85 @@
+"""KV-aware routing end to end: 4 simulated workers, the router role, shared-prefix requests."""
+
+import asyncio
+
+import httpx
+import nats
+import pytest
+
+from inference_graph import wire
+from inference_graph.core.spec import Role
+from inference_graph.runtime.discovery import Discovery
+from inference_graph.runtime.request_plane import EndpointClient
+
+from .conftest import TINY_OVERRIDES
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+BLOCK = 32  # engine.blockSize default
+PREFIX = [100 + (i * 7) % 800 for i in range(600)]  # ~600 tokens: 18 full blocks
+PREFIX_BLOCK_TOKENS = len(PREFIX) // BLOCK * BLOCK
+
+
+async def _router_knows_prefix(nc, namespace: str, workers: list[str]) -> bool:
+    client = EndpointClient(nc, namespace, Role.ROUTER.value)
+    try:
+        payload = wire.encoder.encode(wire.RouteRequest([*PREFIX, 1], workers))
+        frames = [f async for f in client.stream("decide", payload)]
+        return wire.decoder(wire.RouteDecision).decode(frames[0]).expected_hit_tokens >= PREFIX_BLOCK_TOKENS
+    finally:
+        await client.close()
+
+
+async def until(condition, timeout: float) -> None:
+    """Poll the async ``condition`` until it holds; ``TimeoutError`` after ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_shared_prefix_requests_land_on_the_worker_holding_it(start_graph, infrastructure):
+    name = "kv-routing"
+    graph = start_graph(
+        name,
+        overrides=[
+            *TINY_OVERRIDES,
+            "engine.type=mocker",
+            "engine.mocker.timing=instant",
+            "services.decode.replicas=4",
+            "engine.mocker.instancesPerProcess=4",
+            "routing.strategy=kv",
+            "services.router.replicas=1",
+        ],
+    )
+    discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
+    nc = await nats.connect(infrastructure["NATS_SERVER"])
+    try:
+
+        async def graph_complete() -> bool:  # the router registers once it listens and serves
+            routers = await discovery.list_instances(name, Role.ROUTER.value)
+            return bool(routers) and len(await discovery.list_instances(name, Role.DECODE.value)) == 4
+
+        await until(graph_complete, 30)
+        workers = sorted(await discovery.list_instances(name, Role.DECODE.value))
+
+        async with httpx.AsyncClient(base_url=graph.base_url, timeout=30) as http:
+
+            async def complete(suffix: list[int]) -> int:
+                body = {"model": "tiny", "prompt": PREFIX + suffix, "max_tokens": 4, "ignore_eos": True}
+                response = await http.post("/v1/completions", json=body)
+                assert response.status_code == 200, response.text
+                usage = response.json()["usage"]
+                assert usage["prompt_tokens"] == len(PREFIX) + len(suffix)
+                return usage["prompt_tokens_details"]["cached_tokens"]
+
+            await complete([900, 901, 902])  # warms one worker
+            await until(lambda: _router_knows_prefix(nc, name, workers), 10)  # events are asynchronous
+            cached = [await complete([910 + i, 920 + i, 930 + i, 940 + i]) for i in range(8)]
+        # Round-robin would hit on about 1 request in 4 (then on more as every worker warms up).
+        assert all(c >= PREFIX_BLOCK_TOKENS for c in cached), cached
+        assert "falls back" not in graph.log()
+    finally:
+        await nc.close()
+        await discovery.close()
