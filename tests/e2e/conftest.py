@@ -60,6 +60,8 @@ TINY_OVERRIDES = [
 def tiny_graph(infrastructure, tmp_path_factory, tiny_model, request):
     """The default graph serving the tiny random model, shared by a module: fast to start, meaningless text."""
     name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
-    graph = _launch(infrastructure, tmp_path_factory.mktemp("graphs"), name, "configs/agg.yaml", TINY_OVERRIDES, None)
+    graph = _launch(
+        infrastructure, tmp_path_factory.mktemp("graphs"), name, "configs/agg.yaml", TINY_OVERRIDES, None
+    )
     yield graph
     graph.stop()
