@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from inference_graph.models import resolve_model_source
-from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, free_port
+from inference_graph.runtime.embedded import free_port
 
 from .graph import LocalGraph
 
 
 @pytest.fixture(scope="session")
-def infrastructure():
-    """NATS_SERVER and ETCD_ENDPOINTS for every graph of the session."""
-    with EmbeddedNats() as nats, EmbeddedEtcd() as etcd:
-        yield {"NATS_SERVER": nats.url, "ETCD_ENDPOINTS": ",".join(etcd.endpoints)}
+def infrastructure(nats_server, etcd_server):
+    """NATS_SERVER and ETCD_ENDPOINTS for every graph of the session (graphs are namespaced by name)."""
+    return {"NATS_SERVER": nats_server.url, "ETCD_ENDPOINTS": ",".join(etcd_server.endpoints)}
 
 
 @pytest.fixture(scope="session")

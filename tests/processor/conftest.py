@@ -1,7 +1,7 @@
 import pytest
 
 from inference_graph.models import resolve_model_source
-from inference_graph.roles.processor import PromptTokenizer
+from inference_graph.processing import PromptTokenizer
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from inference_graph import wire
-from inference_graph.roles.processor import WorkerError
+from inference_graph.processing import WorkerError
 
 
 @dataclass

@@ -1,7 +1,7 @@
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from inference_graph.roles.processor.detokenizer import IncrementalDetokenizer, prompt_context
+from inference_graph.processing.detokenizer import IncrementalDetokenizer, prompt_context
 
 MULTIBYTE = "Café au lait, 東京タワー 🙂👍🏽 — naïve «ß» 한국어 ok"
 PROMPT = "<|im_start|>user\nSay something<|im_end|>\n<|im_start|>assistant\n"

@@ -1,7 +1,7 @@
 import pytest
 
-from inference_graph.roles.processor import ProcessingError
-from inference_graph.roles.processor.limits import fit_max_tokens
+from inference_graph.processing import ProcessingError
+from inference_graph.processing.limits import fit_max_tokens
 
 
 @pytest.mark.parametrize(

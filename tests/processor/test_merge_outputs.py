@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inference_graph import wire
-from inference_graph.roles.processor.remote import merge_outputs
+from inference_graph.processing.remote import merge_outputs
 
 
 def test_merge_concatenates_tokens_and_logprobs_and_keeps_the_last_finish():

@@ -4,7 +4,7 @@ import collections
 import pytest
 
 from inference_graph import wire
-from inference_graph.roles.processor import (
+from inference_graph.processing import (
     ProcessingError,
     Processor,
     RandomStrategy,

@@ -3,7 +3,7 @@ import collections
 import pytest
 
 from inference_graph.core.spec import RoutingStrategy as SpecStrategy
-from inference_graph.roles.processor import (
+from inference_graph.processing import (
     STRATEGIES,
     KvRouterStrategy,
     RandomStrategy,
@@ -57,7 +57,7 @@ async def test_kv_strategy_uses_the_routers_choice():
 
 async def test_kv_strategy_falls_back_to_round_robin_visibly(caplog):
     strategy = KvRouterStrategy(_no_router)
-    with caplog.at_level("WARNING", logger="inference_graph.roles.processor.routing"):
+    with caplog.at_level("WARNING", logger="inference_graph.processing.routing"):
         picks = [await strategy.pick([1], ["w-b", "w-a"]) for _ in range(4)]
     assert picks == ["w-a", "w-b", "w-a", "w-b"]
     assert strategy.fallbacks == 4

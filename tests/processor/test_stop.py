@@ -1,6 +1,6 @@
 import pytest
 
-from inference_graph.roles.processor.stop import StopMatcher
+from inference_graph.processing.stop import StopMatcher
 
 
 def run(stops, pieces, include=False):

@@ -1,8 +1,8 @@
 import pytest
 
 from inference_graph import wire
-from inference_graph.roles.processor import ProcessingError, PromptTokenizer
-from inference_graph.roles.processor import tokenization as tokenization_module
+from inference_graph.processing import ProcessingError, PromptTokenizer
+from inference_graph.processing import tokenization as tokenization_module
 
 MESSAGES = [
     wire.ChatMessage(role="system", content="Be brief."),

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from inference_graph import wire
-from inference_graph.roles.processor import RouterUnavailable
-from inference_graph.roles.processor.remote import NatsRouterClient
+from inference_graph.processing import RouterUnavailable
+from inference_graph.processing.remote import NatsRouterClient
 from inference_graph.roles.router.service import DECIDE_ENDPOINT, RouterService
 from inference_graph.runtime.event_plane import EventPublisher
 from inference_graph.runtime.request_plane import EndpointClient, EndpointServer

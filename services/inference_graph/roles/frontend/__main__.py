@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 import uvicorn
+from fastapi import FastAPI
 
+from ...core.spec import Role
+from ...processing.build import running_processor
+from ...runtime.discovery import InstanceWatch
 from ...runtime.request_plane import EndpointClient
 from ..bootstrap import RoleContext, run_role
 from .app import create_app
+from .ports import ModelCard
 from .remote import DiscoveryModelDirectory, NatsProcessorClient
 
 log = logging.getLogger(__name__)
@@ -19,9 +25,31 @@ log = logging.getLogger(__name__)
 
 async def main(ctx: RoleContext) -> None:
     watch = await ctx.discovery.watch_instances(ctx.namespace)
-    processors = EndpointClient(ctx.nc, ctx.namespace, "processor")
-    watch.add_listener(processors.on_instance_event)  # a lost processor fails its streams at once
-    app = create_app(NatsProcessorClient(processors), DiscoveryModelDirectory(watch))
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(watch.close)
+        if ctx.graph.spec.services.processor.replicas == 0:
+            processor, directory = await _embedded_processing(ctx, watch, stack)
+        else:
+            processors = EndpointClient(ctx.nc, ctx.namespace, Role.PROCESSOR.value)
+            stack.push_async_callback(processors.close)
+            watch.add_listener(processors.on_instance_event)  # a lost processor fails its streams at once
+            processor, directory = NatsProcessorClient(processors), DiscoveryModelDirectory(watch)
+        await _serve_http(ctx, create_app(processor, directory))
+
+
+async def _embedded_processing(ctx: RoleContext, watch: InstanceWatch, stack: contextlib.AsyncExitStack):
+    """No processor replicas: tokenize, route and detokenize here, one hop (and one
+    process wake-up per token) fewer between HTTP and the workers."""
+    spec = ctx.graph.spec
+    processor = await stack.enter_async_context(
+        running_processor(ctx.graph, ctx.nc, ctx.discovery, ctx.namespace, ctx.model_path())
+    )
+    card = ModelCard(name=spec.model.name, max_model_len=spec.engine.max_model_len, created=int(time.time()))
+    log.info("hosting the processor in-process (services.processor.replicas is 0)")
+    return processor, DiscoveryModelDirectory(watch, local=card)
+
+
+async def _serve_http(ctx: RoleContext, app: FastAPI) -> None:
     service = ctx.graph.spec.services.frontend
     config = uvicorn.Config(
         app,
@@ -42,8 +70,6 @@ async def main(ctx: RoleContext) -> None:
     server.should_exit = True  # stop accepting, finish open responses (up to the grace period)
     await serving
     await registration.revoke()
-    await processors.close()
-    await watch.close()
 
 
 class _Server(uvicorn.Server):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from ... import wire
 from ...core.spec import Role
 from ...runtime.discovery import InstanceWatch
@@ -84,13 +86,15 @@ def _unavailable(message: str) -> ProcessingError:
 class DiscoveryModelDirectory:
     """``ModelDirectory`` from the live instances of the graph.
 
-    A model is listed while a processor serves it, and ready while at least one
-    decode worker for it is registered too. The cards are rebuilt on each
-    discovery change, so ``models()`` is a dictionary read.
+    A model is listed while a processor serves it (or always, for the model of
+    a frontend that hosts processing itself: ``local``), and ready while at
+    least one decode worker for it is registered too. The cards are rebuilt on
+    each discovery change, so ``models()`` is a dictionary read.
     """
 
-    def __init__(self, watch: InstanceWatch):
+    def __init__(self, watch: InstanceWatch, local: ModelCard | None = None):
         self._cards: dict[str, ModelCard] = {}
+        self._local = local
         watch.add_listener(lambda _event, _info: self._rebuild(watch.instances))
         self._rebuild(watch.instances)
 
@@ -100,6 +104,8 @@ class DiscoveryModelDirectory:
     def _rebuild(self, instances: dict[str, wire.InstanceInfo]) -> None:
         served = {i.model for i in instances.values() if i.component == Role.DECODE.value}
         cards = {}
+        if self._local is not None:
+            cards[self._local.name] = msgspec.structs.replace(self._local, ready=self._local.name in served)
         for info in sorted(instances.values(), key=lambda i: i.started_at):
             if info.component == Role.PROCESSOR.value and info.model not in cards:
                 cards[info.model] = ModelCard(

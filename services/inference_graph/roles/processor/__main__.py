@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from ... import wire
-from ...core.spec import Role, RoutingStrategy
+from ...core.spec import Role
+from ...processing import ProcessingError, Processor
+from ...processing.build import running_processor
 from ...runtime.errors import RequestError
-from ...runtime.request_plane import EndpointClient, EndpointServer
+from ...runtime.request_plane import EndpointServer
 from ..bootstrap import RoleContext, run_role
-from .errors import ProcessingError
-from .processor import Processor
-from .remote import DiscoveryWorkerDirectory, NatsRouterClient, NatsWorkerClient
-from .routing import make_strategy
-from .tokenization import PromptTokenizer
 
 PROCESS_ENDPOINT = "process"
 
@@ -38,35 +34,16 @@ def make_handler(processor: Processor):
 
 async def main(ctx: RoleContext) -> None:
     spec = ctx.graph.spec
-    tokenizer = await asyncio.to_thread(PromptTokenizer.load, spec.model.tokenizer or ctx.model_path())
-    workers_watch = await ctx.discovery.watch_instances(ctx.namespace, Role.DECODE.value)
-    workers = EndpointClient(ctx.nc, ctx.namespace, Role.DECODE.value)
-    workers_watch.add_listener(workers.on_instance_event)  # a dead worker fails its streams at once
-    router: EndpointClient | None = None
-    strategy_args = {}
-    if spec.routing.strategy is RoutingStrategy.KV:
-        router = EndpointClient(ctx.nc, ctx.namespace, Role.ROUTER.value)
-        strategy_args["decide"] = NatsRouterClient(router)
-    processor = Processor(
-        tokenizer,
-        spec.engine.max_model_len,
-        spec.model.name,
-        NatsWorkerClient(workers),
-        DiscoveryWorkerDirectory(workers_watch, spec.model.name),
-        make_strategy(spec.routing.strategy.value, **strategy_args),
-    )
-    server = EndpointServer(ctx.nc, ctx.namespace, Role.PROCESSOR.value, ctx.instance_id)
-    await server.serve(PROCESS_ENDPOINT, make_handler(processor))
-    info = ctx.instance_info(max_model_len=spec.engine.max_model_len)
-    registration = await ctx.discovery.register(info, ctx.config.lease_ttl, model=spec.model.name)
-    await ctx.stopping.wait()
-    await registration.revoke()  # frontends stop sending here
-    await server.stop(drain_timeout=30)  # finish the streams in flight
-    await workers.close()
-    if router is not None:
-        await router.close()
-    await workers_watch.close()
-    processor.close()
+    async with running_processor(
+        ctx.graph, ctx.nc, ctx.discovery, ctx.namespace, ctx.model_path()
+    ) as processor:
+        server = EndpointServer(ctx.nc, ctx.namespace, Role.PROCESSOR.value, ctx.instance_id)
+        await server.serve(PROCESS_ENDPOINT, make_handler(processor))
+        info = ctx.instance_info(max_model_len=spec.engine.max_model_len)
+        registration = await ctx.discovery.register(info, ctx.config.lease_ttl, model=spec.model.name)
+        await ctx.stopping.wait()
+        await registration.revoke()  # frontends stop sending here
+        await server.stop(drain_timeout=30)  # finish the streams in flight
 
 
 if __name__ == "__main__":

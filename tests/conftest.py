@@ -1,9 +1,8 @@
-"""Fixtures for runtime tests: real nats-server and etcd from ``runtime.embedded``.
+"""Fixtures shared by every test directory: a real nats-server and etcd from ``runtime.embedded``.
 
 The two server fixtures are session-scoped and synchronous (started once, from the
-main thread, which ``PR_SET_PDEATHSIG`` needs); they only use ``embedded.py`` so
-they can move to ``tests/conftest.py`` unchanged. Tests isolate themselves with a
-fresh ``namespace`` rather than fresh servers. Tests that restart a server start
+main thread). Tests isolate themselves with a fresh ``namespace`` (end-to-end
+tests: a graph name) rather than fresh servers. Tests that restart a server start
 their own instance instead of touching these.
 """
 

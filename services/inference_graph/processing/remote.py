@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 
-from ... import wire
-from ...runtime.discovery import InstanceWatch
-from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError, RuntimeErrorBase
-from ...runtime.request_plane import EndpointClient
+from .. import wire
+from ..runtime.discovery import InstanceWatch
+from ..runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError, RuntimeErrorBase
+from ..runtime.request_plane import EndpointClient
 from .errors import WorkerUnreachable
 from .routing import RouterUnavailable
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ... import wire
+from .. import wire
 from .detokenizer import IncrementalDetokenizer
 from .stop import StopMatcher
 from .tokenization import PromptTokenizer

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ... import wire
+from .. import wire
 
 
 class WorkerClient(Protocol):

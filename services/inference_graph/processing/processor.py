@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ... import wire
+from .. import wire
 from .choice import ChoiceOptions, ChoiceState
 from .errors import ProcessingError, WorkerUnreachable, invalid_request, service_unavailable
 from .limits import fit_max_tokens

@@ -20,7 +20,7 @@ becomes a ``ProcessingError`` with status 503.
 
 from __future__ import annotations
 
-from ... import wire
+from .. import wire
 
 
 class ProcessingError(Exception):

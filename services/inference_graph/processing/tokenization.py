@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from ... import wire
+from .. import wire
 from .errors import invalid_request
 
 INLINE_MAX_CHARS = 16_000  # about 4k tokens, 4 ms of encoding
