@@ -36,11 +36,11 @@ LONG = {
 }
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:
+async def wait_until(predicate, timeout: float, what: str, state=None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; state: {state}")
         await asyncio.sleep(0.05)
 
 
@@ -60,13 +60,17 @@ async def test_client_disconnect_aborts_the_engine_request_and_frees_its_kv_bloc
     async with httpx.AsyncClient(base_url=graph.base_url, timeout=60) as http:
         async with http.stream("POST", "/v1/completions", json=LONG) as response:
             assert response.status_code == 200
+            # Hold the iterator: a dropped one is finalized at once, and httpx then closes
+            # the connection, disconnecting before this test means to.
+            lines = response.aiter_lines()
             events = 0
-            async for line in response.aiter_lines():
-                events += line.startswith("data: ")
-                if events >= 5:
-                    break
+            while events < 5:
+                events += (await anext(lines)).startswith("data: ")
             await wait_until(
-                lambda: any(m.running == 1 and m.kv_usage > 0 for m in load.values()), 10, "a running request"
+                lambda: any(m.running == 1 and m.kv_usage > 0 for m in load.values()),
+                10,
+                "a running request",
+                load,
             )
         # The client has gone. 4000 tokens take ~25 s here, so only an abort frees
         # the blocks within the deadline below.
