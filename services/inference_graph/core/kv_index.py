@@ -246,14 +246,19 @@ class KvIndex:
         router = hash_blocks(event.token_ids, self.block_size, router_parent)
         if len(router) != len(event.block_hashes):
             return ResyncReason.MALFORMED
-        holders = self._holders
-        for engine_hash, router_hash in zip(event.block_hashes, router, strict=True):  # lengths checked
+        self._add(worker, state, zip(event.block_hashes, router, strict=True))  # lengths checked
+        return None
+
+    def _add(self, worker: str, state: _WorkerState, pairs: Iterable[tuple[int, int]]) -> None:
+        """Record (engine hash, router hash) pairs as held by ``worker``."""
+        blocks, holders = state.blocks, self._holders
+        for engine_hash, router_hash in pairs:
             if engine_hash in blocks:
                 continue
             blocks[engine_hash] = router_hash
             held = holders.get(router_hash)
             if held is None:
-                holders[router_hash] = worker
+                holders[router_hash] = worker  # one holder: the id itself, not a one-element set
             elif held.__class__ is str:
                 if held == worker:
                     state.dups[router_hash] = state.dups.get(router_hash, 1) + 1
@@ -263,7 +268,6 @@ class KvIndex:
                 state.dups[router_hash] = state.dups.get(router_hash, 1) + 1
             else:
                 held.add(worker)
-        return None
 
     def _remove(self, worker: str, state: _WorkerState, engine_hashes: Iterable[int]) -> None:
         blocks = state.blocks
@@ -328,23 +332,6 @@ class KvIndex:
             state = self._workers[worker] = _WorkerState()
         else:
             self._clear(worker, state)
-        pairs = blocks.items() if isinstance(blocks, Mapping) else blocks
-        holders = self._holders
-        for engine_hash, router_hash in pairs:
-            if engine_hash in state.blocks:
-                continue
-            state.blocks[engine_hash] = router_hash
-            held = holders.get(router_hash)
-            if held is None:
-                holders[router_hash] = worker
-            elif held.__class__ is str:
-                if held == worker:
-                    state.dups[router_hash] = state.dups.get(router_hash, 1) + 1
-                else:
-                    holders[router_hash] = {held, worker}
-            elif worker in held:
-                state.dups[router_hash] = state.dups.get(router_hash, 1) + 1
-            else:
-                held.add(worker)
+        self._add(worker, state, blocks.items() if isinstance(blocks, Mapping) else blocks)
         state.last_seq = seq
         state.needs_resync = False

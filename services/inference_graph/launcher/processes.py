@@ -2,37 +2,30 @@
 
 Each child gets its own session (process group), so a terminal's Ctrl-C reaches
 only the launcher, which then stops children in order; and the kernel sends the
-child SIGKILL if the launcher itself dies (PR_SET_PDEATHSIG), so even a killed
-launcher leaves no orphans. Stopping signals the whole group, which also reaches
+child SIGKILL if the launcher itself dies (PR_SET_PDEATHSIG, set by the same exec
+wrapper the embedded servers use: a ``preexec_fn`` is unsafe in a process with
+threads, and the launcher has some), so even a killed launcher leaves no orphans. Stopping signals the whole group, which also reaches
 the engine's own helper processes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 from collections.abc import Callable
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn: ask the kernel to SIGKILL this child when its parent exits."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+from ..runtime.embedded import with_pdeathsig
 
 
 async def spawn(argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *argv,
+        *with_pdeathsig(argv),
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=die_with_parent,
     )
 
 

@@ -115,7 +115,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-def _with_pdeathsig(command: list[str]) -> list[str]:
+def with_pdeathsig(command: list[str]) -> list[str]:
     """``command`` wrapped so the server gets SIGKILL when we die (Linux; as is elsewhere)."""
     if not sys.platform.startswith("linux"):
         return command
@@ -290,7 +290,7 @@ class _EmbeddedServer:
             self._prepare_attempt()
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                _with_pdeathsig(self._command()),
+                with_pdeathsig(self._command()),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
