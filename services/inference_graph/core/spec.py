@@ -156,10 +156,99 @@ class RoutingSpec(_Model):
     )
 
 
+class ConditionalDisaggregationSpec(_Model):
+    """When a decode worker sends a prompt's prefill to the prefill queue instead of doing it itself."""
+
+    max_local_prefill_length: int = Field(
+        default=1000,
+        ge=0,
+        description="Prefill remotely only when the prompt's uncached tokens (prompt minus the expected "
+        "prefix-cache hit) exceed this; shorter prefills run on the decode worker.",
+    )
+    max_prefill_queue_size: int = Field(
+        default=2,
+        ge=1,
+        description="Prefill remotely only while the prefill queue holds fewer requests than this; "
+        "when prefill workers are behind, decode workers prefill locally.",
+    )
+
+
+class KvConnector(enum.StrEnum):
+    NIXL = "nixl"
+
+
+class KvBufferDevice(enum.StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class SimulatedTransferSpec(_Model):
+    """KV transfer time of the simulated engine: bytes / bandwidth, bytes = tokens x bytes per token."""
+
+    bandwidth_gbps: float = Field(
+        default=25.0,
+        gt=0,
+        description="KV transfer bandwidth in GB/s (25 GB/s: one 200 Gb/s RDMA NIC).",
+    )
+    kv_bytes_per_token: int | None = Field(
+        default=None,
+        ge=1,
+        description="KV bytes per token; unset: derived from the model's config.json "
+        "(2 x layers x KV heads x head size x 2 bytes).",
+    )
+
+
+class KvTransferSpec(_Model):
+    connector: KvConnector = Field(
+        default=KvConnector.NIXL,
+        description="How KV blocks move from prefill to decode workers: nixl (vLLM's NixlConnector; "
+        "UCX, RDMA where available). The simulated engine simulates the transfer instead.",
+    )
+    buffer_device: KvBufferDevice = Field(
+        default=KvBufferDevice.CPU,
+        description="Where NIXL registers the KV buffers: cpu (vLLM on CPU; host memory) or cuda (GPUs).",
+    )
+    simulated: SimulatedTransferSpec = Field(
+        default_factory=SimulatedTransferSpec, description="Transfer model of the simulated engine."
+    )
+
+
+class PrefillQueueSpec(_Model):
+    """The JetStream work queue between decode and prefill workers (docs/disaggregation.md says why)."""
+
+    ack_wait_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A message not acknowledged (nor marked in progress) for this long is redelivered: "
+        "how long a dead prefill worker holds a request.",
+    )
+    max_deliver: int = Field(
+        default=3,
+        ge=1,
+        description="Deliveries of one request before the queue gives up on it (the decode worker "
+        "then prefills locally after remoteTimeoutSeconds).",
+    )
+    remote_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a decode worker waits for a remote prefill before prefilling locally.",
+    )
+
+
 class DisaggregationSpec(_Model):
     enabled: bool = Field(
         default=False,
         description="Run prefill on separate prefill workers (services.prefill) and move the KV cache to decode.",
+    )
+    conditional: ConditionalDisaggregationSpec = Field(
+        default_factory=ConditionalDisaggregationSpec,
+        description="Which prefills go remote (the rest run on the decode worker).",
+    )
+    kv_transfer: KvTransferSpec = Field(
+        default_factory=KvTransferSpec, description="How the KV cache moves from prefill to decode."
+    )
+    queue: PrefillQueueSpec = Field(
+        default_factory=PrefillQueueSpec, description="The prefill queue (NATS JetStream)."
     )
 
 
