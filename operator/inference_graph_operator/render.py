@@ -25,6 +25,16 @@ Choices (see docs/kubernetes.md):
 - Termination: roles drain for up to 30 s after SIGTERM; the grace period is that
   plus a 5 s preStop pause (time for the Service and routers to stop sending new
   work) plus 10 s margin.
+- RDMA (per role, ``services.<role>.rdma.enabled``): the device plugin's resource
+  (request = limit), IPC_LOCK (pinning registered memory) and SYS_RESOURCE (raising
+  the memlock limit), a memory-backed /dev/shm with a size limit, the Multus
+  networks annotation, and UCX env. UCX_TLS lists RDMA (rc, with ud for its
+  connection bootstrap), shared memory and loopback, and no tcp: a pod whose RDMA
+  device is missing fails at connect time instead of moving KV over TCP at a tenth of
+  the speed; cuda_copy/cuda_ipc are added when the KV buffers live on GPUs.
+  UCX_RNDV_SCHEME=get_zcopy with UCX_RNDV_THRESH=0 makes every transfer a zero-copy
+  RDMA read, which is how NIXL pulls KV blocks. ``ucxEnv`` overrides these; the
+  role's ``env`` overrides everything.
 - Rolling updates: each pod template carries a hash of the parts of the spec its
   role reads (its own service entry without replicas, and the shared sections), so
   a spec change rolls only the roles it affects and scaling rolls nothing.
@@ -35,13 +45,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
 
 from inference_graph.core.instances import ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
-from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, Role
+from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, KvBufferDevice, RdmaSpec, Role
 from inference_graph.models.sources import PVC_MOUNT_ROOT
 
 GRAPH_DIR = "/etc/inference-graph"
@@ -61,6 +71,11 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SPEC_HASH_ANNOTATION = "inferencegraph.dev/spec-hash"
 APP_NAME = "inference-graph"
+
+MULTUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+RDMA_CAPABILITIES = ("IPC_LOCK", "SYS_RESOURCE")
+UCX_TRANSPORTS = "rc,ud,sm,self"
+UCX_GPU_TRANSPORTS = "cuda_copy,cuda_ipc"
 
 NAMESPACE_ENV = "IG_NAMESPACE"  # runtime/config.py: prefix of every subject and key
 CACHE_ENV = "IG_MODEL_CACHE"  # models/sources.py
@@ -174,10 +189,21 @@ def frontend_endpoint(graph: InferenceGraph, namespace: str) -> str:
     return f"http://{child_name(graph.metadata.name, Role.FRONTEND)}.{namespace}.svc:{port}"
 
 
-def render(graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults | None = None) -> list[dict]:
-    """Every child object of ``graph``: the ConfigMap, then Deployments in role order, then Services."""
+def render(
+    graph: InferenceGraph,
+    owner: Owner,
+    defaults: OperatorDefaults | None = None,
+    replicas: Mapping[Role, int] | None = None,
+) -> list[dict]:
+    """Every child object of ``graph``: the ConfigMap, then Deployments in role order, then Services.
+
+    ``replicas`` overrides the spec's count per role: the operator decides replica counts
+    (``reconcile.decide_replicas``), so that one writer owns them.
+    """
     defaults = defaults or OperatorDefaults()
     instances = desired_instances(graph, GRAPH_PATH, defaults.infrastructure_env())
+    if replicas:
+        instances = [replace(i, replicas=replicas.get(i.role, i.replicas)) for i in instances]
     objects = [render_configmap(graph, owner, defaults)]
     objects += [render_deployment(graph, inst, owner, defaults) for inst in instances]
     if any(inst.role is Role.FRONTEND for inst in instances):
@@ -232,6 +258,9 @@ def _env(graph: InferenceGraph, inst: RoleInstance) -> list[dict[str, Any]]:
         if name not in inst.env:
             env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
     injected = {NAMESPACE_ENV: graph.metadata.name, CACHE_ENV: MODEL_CACHE_DIR, "PYTHONUNBUFFERED": "1"}
+    rdma = _rdma(graph, inst.role)
+    if rdma:
+        injected.update(rdma_env(rdma, graph.spec.disaggregation.kv_transfer.buffer_device))
     merged = {**injected, **inst.env}  # user env (already merged over infrastructure) wins
     env += [{"name": k, "value": v} for k, v in sorted(merged.items())]
     return env
@@ -246,7 +275,29 @@ def _resources(graph: InferenceGraph, inst: RoleInstance, defaults: OperatorDefa
         resources.setdefault("limits", {})[defaults.gpu_resource] = gpus
         if defaults.gpu_resource in resources.get("requests", {}):
             resources["requests"][defaults.gpu_resource] = gpus  # extended resources: requests == limits
+    rdma = _rdma(graph, inst.role)
+    if rdma:
+        count = str(rdma.count)
+        resources.setdefault("limits", {})[rdma.resource] = count
+        if rdma.resource in resources.get("requests", {}):
+            resources["requests"][rdma.resource] = count
     return resources
+
+
+def _rdma(graph: InferenceGraph, role: Role) -> RdmaSpec | None:
+    service = graph.spec.services.get(role)
+    return service.rdma if service and service.rdma.enabled else None
+
+
+def rdma_env(rdma: RdmaSpec, buffer_device: KvBufferDevice) -> dict[str, str]:
+    """UCX settings of the RDMA preset (reasons in the module docstring); ``ucxEnv`` wins."""
+    transports = UCX_TRANSPORTS
+    if buffer_device is KvBufferDevice.CUDA:
+        transports += "," + UCX_GPU_TRANSPORTS
+    env = {"UCX_TLS": transports, "UCX_RNDV_SCHEME": "get_zcopy", "UCX_RNDV_THRESH": "0"}
+    if rdma.roce:
+        env["UCX_IB_ADDR_TYPE"] = "eth"  # RoCE ports have Ethernet (GID) addresses, not IB LIDs
+    return {**env, **rdma.ucx_env}
 
 
 def _probes(inst: RoleInstance) -> dict[str, Any]:
@@ -314,8 +365,12 @@ def render_deployment(
         {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if role in WORKER_ROLES:  # NCCL and vLLM's shared memory between TP ranks
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    rdma = _rdma(graph, role)
+    if role in WORKER_ROLES or rdma:  # NCCL, vLLM's shared memory between TP ranks, UCX staging
+        shm: dict[str, Any] = {"medium": "Memory"}
+        if rdma:
+            shm["sizeLimit"] = rdma.shm_size
+        volumes.append({"name": "dshm", "emptyDir": shm})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     model_volume = _model_volume(graph)
     if model_volume and role is not Role.FRONTEND:
@@ -338,6 +393,8 @@ def render_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if rdma:  # added after the drop: memory registration pins pages beyond the default memlock limit
+        container["securityContext"]["capabilities"]["add"] = list(RDMA_CAPABILITIES)
     if role is Role.FRONTEND:
         container["ports"] = [
             {"name": "http", "containerPort": inst.port or DEFAULT_FRONTEND_PORT, "protocol": "TCP"}
@@ -365,6 +422,9 @@ def render_deployment(
         pod_spec["tolerations"] = [dict(t) for t in service.tolerations]
 
     pod_labels = {**labels(graph, defaults, role), **selector(graph, role)}
+    pod_annotations = {SPEC_HASH_ANNOTATION: role_spec_hash(graph, role)}
+    if rdma and rdma.networks:
+        pod_annotations[MULTUS_ANNOTATION] = ",".join(rdma.networks)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -376,7 +436,7 @@ def render_deployment(
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {SPEC_HASH_ANNOTATION: role_spec_hash(graph, role)},
+                    "annotations": pod_annotations,
                 },
                 "spec": pod_spec,
             },

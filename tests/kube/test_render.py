@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from inference_graph.core.instances import desired_instances
-from inference_graph.core.spec import Role, load_graph, parse_graph
+from inference_graph.core.spec import Role, SpecError, load_graph, parse_graph
 from inference_graph_operator.render import (
     DRAIN_SECONDS,
     GRAPH_DIR,
     GRAPH_PATH,
+    MULTUS_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     OperatorDefaults,
     Owner,
@@ -344,3 +345,112 @@ def test_frontend_without_a_port_listens_on_8000():
     frontend = container(by_kind(objs, "Deployment")["g-frontend"])
     assert frontend["ports"][0]["containerPort"] == 8000
     assert by_kind(objs, "Service")["g-frontend"]["spec"]["ports"][0]["port"] == 8000
+
+
+# ---------------------------------------------------------------- RDMA preset
+
+
+def rdma_manifest(**rdma) -> dict:
+    manifest = full_manifest()
+    manifest["spec"]["services"]["prefill"]["rdma"] = {"enabled": True, **rdma}
+    return manifest
+
+
+def test_rdma_preset_is_off_by_default():
+    for deployment in by_kind(objects(), "Deployment").values():
+        c = container(deployment)
+        assert "add" not in c["securityContext"]["capabilities"]
+        assert not [e for e in c["env"] if e["name"].startswith("UCX_")]
+        assert "rdma/ib" not in c.get("resources", {}).get("limits", {})
+        assert MULTUS_ANNOTATION not in deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_rdma_preset_renders_device_capabilities_shm_networks_and_ucx_env(strict_validate):
+    manifest = rdma_manifest(networks=["rdma-net", "fabric/ib-1@net1"], roce=True)
+    deployments = by_kind(objects(manifest), "Deployment")
+    prefill = deployments["g-prefill"]
+    strict_validate(prefill)
+    c = container(prefill)
+    assert c["resources"]["limits"]["rdma/ib"] == "1"
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK", "SYS_RESOURCE"]}
+    pod = prefill["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    annotations = prefill["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[MULTUS_ANNOTATION] == "rdma-net,fabric/ib-1@net1"
+    env = {k: v["value"] for k, v in env_of(c).items() if k.startswith("UCX_")}
+    assert env == {
+        "UCX_TLS": "rc,ud,sm,self",  # no tcp: a missing RDMA device fails instead of falling back
+        "UCX_RNDV_SCHEME": "get_zcopy",
+        "UCX_RNDV_THRESH": "0",
+        "UCX_IB_ADDR_TYPE": "eth",
+    }
+    decode = container(deployments["g-decode"])  # the preset is per role
+    assert "rdma/ib" not in decode["resources"]["limits"]
+    assert "add" not in decode["securityContext"]["capabilities"]
+
+
+def test_rdma_settings_resource_count_shm_and_gpu_transports():
+    manifest = rdma_manifest(resource="rdma/rdma_shared_device_a", count=2, shmSize="16Gi")
+    manifest["spec"]["disaggregation"]["kvTransfer"] = {"bufferDevice": "cuda"}
+    manifest["spec"]["services"]["prefill"]["resources"]["requests"]["rdma/rdma_shared_device_a"] = "9"
+    prefill = by_kind(objects(manifest), "Deployment")["g-prefill"]
+    c = container(prefill)
+    assert c["resources"]["limits"]["rdma/rdma_shared_device_a"] == "2"
+    assert c["resources"]["requests"]["rdma/rdma_shared_device_a"] == "2"  # extended: request == limit
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"  # the GPU request is untouched
+    volumes = prefill["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in volumes
+    assert env_of(c)["UCX_TLS"]["value"] == "rc,ud,sm,self,cuda_copy,cuda_ipc"
+    assert "UCX_IB_ADDR_TYPE" not in env_of(c)  # InfiniBand, not RoCE
+
+
+def test_rdma_ucx_env_overrides_the_preset_and_role_env_wins_over_both():
+    manifest = rdma_manifest(ucxEnv={"UCX_TLS": "rc_x,sm,self", "UCX_NET_DEVICES": "mlx5_0:1"})
+    manifest["spec"]["services"]["prefill"]["env"]["UCX_NET_DEVICES"] = "mlx5_1:1"
+    env = env_of(container(by_kind(objects(manifest), "Deployment")["g-prefill"]))
+    assert env["UCX_TLS"]["value"] == "rc_x,sm,self"
+    assert env["UCX_NET_DEVICES"]["value"] == "mlx5_1:1"
+    assert env["UCX_RNDV_SCHEME"]["value"] == "get_zcopy"
+
+
+def test_rdma_on_a_role_without_shm_gets_one():
+    manifest = full_manifest()
+    manifest["spec"]["services"]["processor"]["rdma"] = {"enabled": True, "shmSize": "1Gi"}
+    processor = by_kind(objects(manifest), "Deployment")["g-processor"]
+    volumes = processor["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in volumes
+
+
+def test_enabling_rdma_rolls_only_that_role():
+    before = _hashes(full_manifest())
+    after = _hashes(rdma_manifest())
+    assert {name for name in before if before[name] != after[name]} == {"g-prefill"}
+
+
+@pytest.mark.parametrize(
+    ("rdma", "field"),
+    [
+        ({"ucxEnv": {"NCCL_DEBUG": "INFO"}}, "ucxEnv"),
+        ({"count": 0}, "count"),
+        ({"shmSize": "lots"}, "shmSize"),
+        ({"networks": ["Bad Net"]}, "networks"),
+        ({"resource": "ib"}, "resource"),
+    ],
+)
+def test_bad_rdma_settings_name_the_field(rdma, field):
+    with pytest.raises(SpecError) as err:
+        parse_graph(rdma_manifest(**rdma))
+    assert err.value.field.startswith(f"spec.services.prefill.rdma.{field}")
+
+
+def test_replicas_decided_by_the_operator_override_the_spec_without_rolling():
+    graph = parse_graph(full_manifest())
+    objs = render(graph, OWNER, DEFAULTS, replicas={Role.DECODE: 5})
+    deployments = by_kind(objs, "Deployment")
+    assert deployments["g-decode"]["spec"]["replicas"] == 5
+    assert deployments["g-prefill"]["spec"]["replicas"] == 4  # not given: the spec's
+    assert _hashes(full_manifest()) == {
+        n: d["spec"]["template"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        for n, d in deployments.items()
+    }

@@ -11,10 +11,18 @@ from __future__ import annotations
 import copy
 import enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "inferencegraph.dev"
@@ -252,6 +260,51 @@ class DisaggregationSpec(_Model):
     )
 
 
+class RdmaSpec(_Model):
+    """The RDMA preset of one role (docs/kubernetes.md): device, capabilities, /dev/shm, Multus, UCX."""
+
+    enabled: bool = Field(default=False, description="Give the role's pods an RDMA device and UCX settings.")
+    resource: str = Field(
+        default="rdma/ib",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Extended resource of the RDMA device plugin the pods request (e.g. rdma/ib, "
+        "rdma/rdma_shared_device_a, nvidia.com/hostdev).",
+    )
+    count: int = Field(default=1, ge=1, description="RDMA devices per pod (request = limit).")
+    networks: list[
+        Annotated[
+            str, StringConstraints(pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(@[A-Za-z0-9_.-]+)?$")
+        ]
+    ] = Field(
+        default_factory=list,
+        description="Multus NetworkAttachmentDefinitions ([namespace/]name[@interface]) attached to "
+        "the pods (annotation k8s.v1.cni.cncf.io/networks).",
+    )
+    roce: bool = Field(
+        default=False,
+        description="RDMA over Converged Ethernet: sets UCX_IB_ADDR_TYPE=eth, without which UCX "
+        "cannot address RoCE ports.",
+    )
+    shm_size: str = Field(
+        default="8Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+        description="Size limit of /dev/shm (memory-backed); UCX and NCCL stage through it.",
+    )
+    ucx_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="UCX_* variables over the preset's (UCX_TLS, UCX_RNDV_SCHEME, UCX_RNDV_THRESH, "
+        "UCX_IB_ADDR_TYPE); the role's env still wins.",
+    )
+
+    @field_validator("ucx_env")
+    @classmethod
+    def _only_ucx_variables(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = sorted(k for k in value if not k.startswith("UCX_"))
+        if wrong:
+            raise ValueError(f"ucxEnv holds UCX_* variables only, got {', '.join(wrong)} (use env)")
+        return value
+
+
 class ServiceSpec(_Model):
     replicas: int = Field(
         default=1, ge=0, description="Number of processes (pods in Kubernetes) of this role."
@@ -275,6 +328,11 @@ class ServiceSpec(_Model):
         description="Kubernetes tolerations of the role's pods (e.g. for GPU node taints).",
     )
     port: int | None = Field(default=None, ge=1, le=65535, description="Listening port (frontend only).")
+    rdma: RdmaSpec = Field(
+        default_factory=RdmaSpec,
+        description="RDMA preset (Kubernetes): device resource, IPC_LOCK/SYS_RESOURCE, /dev/shm, Multus "
+        "networks, UCX env; for KV transfer between workers.",
+    )
 
 
 class ServicesSpec(_Model):
