@@ -30,8 +30,8 @@ GOLDEN = [
     ),
     (
         "GenerateRequest",
-        "w.GenerateRequest(request_id='r1', token_ids=[1, 2, 3], sampling=w.SamplingOptions(max_tokens=4), model='m')",
-        "94a27231930102039c0400cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c0a16d",
+        "w.GenerateRequest(request_id='r1', token_ids=[1, 2, 3], sampling=w.SamplingOptions(max_tokens=4), model='m', phase=w.Phase.DECODE, kv_transfer_params={'remote_port': 5600})",
+        "96a27231930102039c0400cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c0a16d0281ab72656d6f74655f706f7274cd15e0",
     ),
     (
         "TokenLogprob",
@@ -40,8 +40,8 @@ GOLDEN = [
     ),
     (
         "GenerateOutput",
-        "w.GenerateOutput(token_ids=[4, 5], finish_reason='stop', num_prompt_tokens=3, num_cached_tokens=2, logprobs=[w.TokenLogprob(token_id=4, logprob=-1.0)], stop_token_id=5)",
-        "96920405a473746f700302919304cbbff00000000000009005",
+        "w.GenerateOutput(token_ids=[4, 5], finish_reason='stop', num_prompt_tokens=3, num_cached_tokens=2, logprobs=[w.TokenLogprob(token_id=4, logprob=-1.0)], stop_token_id=5, kv_transfer_params={'do_remote_prefill': True})",
+        "97920405a473746f700302919304cbbff0000000000000900581b1646f5f72656d6f74655f70726566696c6cc3",
     ),
     ("ChatMessage", "w.ChatMessage(role='user', content='hi', name='bob')", "93a475736572a26869a3626f62"),
     (
@@ -67,14 +67,29 @@ GOLDEN = [
     ),
     (
         "LoadMetrics",
-        "w.LoadMetrics(instance_id='i1', timestamp=2.5, running=3, waiting=1, kv_usage=0.25, num_kv_blocks=100)",
-        "96a26931cb40040000000000000301cb3fd000000000000064",
+        "w.LoadMetrics(instance_id='i1', timestamp=2.5, running=3, waiting=1, kv_usage=0.25, num_kv_blocks=100, prefill_queue_depth=2, local_prefills=5, remote_prefills=7, kv_transfer_failures=1)",
+        "9aa26931cb40040000000000000301cb3fd00000000000006402050701",
     ),
     ("RouteRequest", "w.RouteRequest(token_ids=[1, 2, 3], workers=['a', 'b'])", "929301020392a161a162"),
     (
         "RouteDecision",
         "w.RouteDecision(worker='a', expected_hit_tokens=64, overlap_blocks=2)",
         "93a1614002",
+    ),
+    (
+        "PrefillRequest",
+        "w.PrefillRequest(request_id='r1', token_ids=[1, 2], sampling=w.SamplingOptions(max_tokens=4), decode_instance_id='d1', deadline=12.5, model='m')",
+        "96a272319201029c0400cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c0a26431cb4029000000000000a16d",
+    ),
+    (
+        "PrefillResult",
+        "w.PrefillResult(request_id='r1', prefill_instance_id='p1', kv_transfer_params={'remote_port': 5600}, error=w.ErrorInfo(status=500, type='internal_error', message='x'))",
+        "94a27231a2703181ab72656d6f74655f706f7274cd15e095cd01f4ae696e7465726e616c5f6572726f72a178c0c0",
+    ),
+    (
+        "PrefillReceipt",
+        "w.PrefillReceipt(status=w.ReceiptStatus.HELD)",
+        "9100",
     ),
 ]
 
@@ -101,3 +116,26 @@ def test_instance_info_is_json_by_field_name():
         "block_size": 32,
     }
     assert msgspec.json.decode(data, type=w.InstanceInfo) == info
+
+
+# Vectors written before the disaggregation fields were appended: old peers' bytes still decode.
+PRE_DISAGGREGATION = [
+    (
+        "w.GenerateRequest(request_id='r1', token_ids=[1, 2, 3], sampling=w.SamplingOptions(max_tokens=4), model='m')",
+        "94a27231930102039c0400cb3ff0000000000000cb3ff000000000000000c0cb0000000000000000cb0000000000000000cb3ff000000000000090c2c0a16d",
+    ),
+    (
+        "w.GenerateOutput(token_ids=[4, 5], finish_reason='stop', num_prompt_tokens=3, num_cached_tokens=2, logprobs=[w.TokenLogprob(token_id=4, logprob=-1.0)], stop_token_id=5)",
+        "96920405a473746f700302919304cbbff00000000000009005",
+    ),
+    (
+        "w.LoadMetrics(instance_id='i1', timestamp=2.5, running=3, waiting=1, kv_usage=0.25, num_kv_blocks=100)",
+        "96a26931cb40040000000000000301cb3fd000000000000064",
+    ),
+]
+
+
+@pytest.mark.parametrize(("expr", "golden"), PRE_DISAGGREGATION)
+def test_messages_from_before_the_disaggregation_fields_decode(expr, golden):
+    obj = eval(expr, {"w": w})
+    assert w.decoder(type(obj)).decode(bytes.fromhex(golden)) == obj

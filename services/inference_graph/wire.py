@@ -18,7 +18,7 @@ Planes (subjects and keys are built in ``inference_graph.runtime.names``):
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -85,6 +85,8 @@ class InstanceInfo(msgspec.Struct, omit_defaults=True):
     pid: int = 0
     started_at: float = 0.0
     metadata: dict[str, str] = {}
+    kv_side_channel_host: str = ""  # where a KV connector (NIXL) reaches this worker's engine
+    kv_side_channel_port: int = 0
 
 
 # ---------------------------------------------------------------- processor <-> worker
@@ -111,6 +113,14 @@ class SamplingOptions(msgspec.Struct, **_STRUCT):
     logprobs: int | None = None  # None: none; k >= 0: sampled token plus top k
 
 
+class Phase(enum.IntEnum):
+    """Which part of a request an engine runs (explicit, never inferred from max_tokens)."""
+
+    AGGREGATED = 0  # prefill and decode on this engine
+    PREFILL = 1  # prefill only, keep the KV for a remote decode; the output carries kv_transfer_params
+    DECODE = 2  # decode from KV prefilled elsewhere, named by kv_transfer_params
+
+
 class GenerateRequest(msgspec.Struct, **_STRUCT):
     """Processor -> worker: generate from token ids."""
 
@@ -118,6 +128,8 @@ class GenerateRequest(msgspec.Struct, **_STRUCT):
     token_ids: list[int]
     sampling: SamplingOptions
     model: str = ""
+    phase: Phase = Phase.AGGREGATED
+    kv_transfer_params: dict[str, Any] | None = None  # the connector's (PREFILL output -> DECODE input)
 
 
 class TokenLogprob(msgspec.Struct, **_STRUCT):
@@ -142,6 +154,7 @@ class GenerateOutput(msgspec.Struct, **_STRUCT):
     num_cached_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     stop_token_id: int | None = None
+    kv_transfer_params: dict[str, Any] | None = None  # set on a PREFILL request's last frame
 
 
 # ---------------------------------------------------------------- frontend <-> processor
@@ -252,6 +265,10 @@ class LoadMetrics(msgspec.Struct, **_STRUCT):
     waiting: int
     kv_usage: float  # fraction of KV blocks in use, 0..1
     num_kv_blocks: int = 0
+    prefill_queue_depth: int = -1  # requests waiting in the prefill queue; -1: not disaggregated
+    local_prefills: int = 0  # decode worker: prefills run here (since start)
+    remote_prefills: int = 0  # decode worker: prefills done by prefill workers
+    kv_transfer_failures: int = 0  # decode worker: remote prefills whose KV could not be used
 
 
 # ---------------------------------------------------------------- codecs
@@ -280,3 +297,38 @@ class RouteDecision(msgspec.Struct, **_STRUCT):
     worker: str
     expected_hit_tokens: int = 0
     overlap_blocks: int = 0
+
+
+# ---------------------------------------------------------------- disaggregation (prefill queue)
+
+
+class PrefillRequest(msgspec.Struct, **_STRUCT):
+    """Decode worker -> prefill queue (JetStream): prefill ``token_ids`` and tell ``decode_instance_id``."""
+
+    request_id: str
+    token_ids: list[int]
+    sampling: SamplingOptions
+    decode_instance_id: str
+    deadline: float  # unix time after which the decode worker no longer waits (prefill locally)
+    model: str = ""
+
+
+class PrefillResult(msgspec.Struct, **_STRUCT):
+    """Prefill worker -> the decode worker that queued the request: where its KV is."""
+
+    request_id: str
+    prefill_instance_id: str
+    kv_transfer_params: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+class ReceiptStatus(enum.IntEnum):
+    HELD = 0  # the decode worker holds the KV (its engine pulled it); the queue message can be acked
+    UNKNOWN = 1  # nobody waits for this request any more (done locally, cancelled, or a redelivery)
+    FAILED = 2  # the decode worker could not use the KV
+
+
+class PrefillReceipt(msgspec.Struct, **_STRUCT):
+    """Decode worker -> prefill worker, the reply to a ``PrefillResult``."""
+
+    status: ReceiptStatus
