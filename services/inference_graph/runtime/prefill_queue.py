@@ -168,7 +168,7 @@ class PrefillQueue:
             self._sub = await self._js.pull_subscribe_bind(CONSUMER, self.stream)
         try:
             msgs = await self._sub.fetch(1, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return None
         msg = msgs[0]
         try:
