@@ -5,11 +5,15 @@ Each worker publishes on its own subjects (``names.kv_events_subject`` /
 carry a per-publisher ``seq`` starting at 1, so a consumer can tell a gap (lost
 message, or a restarted worker: seq goes back to 1) and resynchronise.
 
-Seam for durability: core NATS drops what nobody hears, so a restarted router
-misses history. The router work will add a JetStream stream over
-``names.kv_events_wildcard(ns)``; publishers stay the same (JetStream captures
-core publishes on a stream's subjects), and only the subscribe side grows a
-replaying variant next to :func:`subscribe_kv` with the same callback type.
+Durability: core NATS drops what nobody hears, so a restarted router misses
+history. Recovery is a *snapshot request* rather than a JetStream replay: each
+worker keeps a mirror of what it published (``roles.worker.kv_snapshot``) and
+answers ``KV_SNAPSHOT_ENDPOINT`` on its own request-plane subject with its
+blocks and the ``seq`` of the last batch they include (``KvSnapshotChunk``
+frames); the router loads that and applies the batches after it. A replay would
+have to keep every event since the oldest live block; a snapshot is bounded by
+the cache size. ``EventPublisher(on_batch=...)`` lets the mirror record a batch
+before it leaves, so a snapshot never lags the stream a consumer hears.
 """
 
 from __future__ import annotations
@@ -33,11 +37,39 @@ T = TypeVar("T")
 Callback = Callable[[T], Awaitable[None] | None]
 
 
-class EventPublisher:
-    """Publishes one instance's KV events and load metrics."""
+KV_SNAPSHOT_ENDPOINT = "kv_snapshot"  # served by each worker instance, on its component's subjects
+SNAPSHOT_CHUNK_BLOCKS = 16384  # blocks per frame: ~300 KB, under NATS's default 1 MB max payload
 
-    def __init__(self, nc: NATS, namespace: str, instance_id: str):
+
+class KvSnapshotChunk(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """Part of one worker's cache as of batch ``seq``: parallel lists engine hash -> router hash.
+
+    Lives here, next to the protocol that uses it, rather than in ``wire``; the
+    same rule holds: fields are appended, never reordered.
+    """
+
+    instance_id: str
+    seq: int
+    block_size: int
+    engine_hashes: list[int]
+    router_hashes: list[int]
+
+
+class EventPublisher:
+    """Publishes one instance's KV events and load metrics.
+
+    ``on_batch(batch)`` (optional) sees each KV batch before it is sent.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        namespace: str,
+        instance_id: str,
+        on_batch: Callable[[wire.KvEventBatch], None] | None = None,
+    ):
         self._nc = nc
+        self._on_batch = on_batch
         self.namespace = namespace
         self.instance_id = instance_id
         self._kv_subject = names.kv_events_subject(namespace, instance_id)
@@ -53,6 +85,8 @@ class EventPublisher:
         """Wrap ``events`` in the next numbered batch and publish it."""
         self._seq += 1
         batch = wire.KvEventBatch(self.instance_id, self._seq, time.time(), events)
+        if self._on_batch is not None:
+            self._on_batch(batch)
         await self._nc.publish(self._kv_subject, wire.encoder.encode(batch))
         return batch
 
@@ -100,3 +134,29 @@ async def _subscribe(nc: NATS, subject: str, type_: type, callback: Callback) ->
     sub = await nc.subscribe(subject, cb=on_msg)
     await nc.flush()  # interest is registered at the server when we return
     return sub
+
+
+def snapshot_chunks(
+    instance_id: str, seq: int, block_size: int, pairs: list[tuple[int, int]]
+) -> list[KvSnapshotChunk]:
+    """Split (engine hash, router hash) pairs into frames; an empty cache is one empty chunk."""
+    chunks = []
+    for start in range(0, max(1, len(pairs)), SNAPSHOT_CHUNK_BLOCKS):
+        part = pairs[start : start + SNAPSHOT_CHUNK_BLOCKS]
+        chunks.append(
+            KvSnapshotChunk(instance_id, seq, block_size, [e for e, _ in part], [r for _, r in part])
+        )
+    return chunks
+
+
+def join_chunks(chunks: list[KvSnapshotChunk]) -> tuple[int, dict[int, int]]:
+    """(seq, engine hash -> router hash) from a snapshot's frames; they must agree on ``seq``."""
+    if not chunks:
+        raise ValueError("empty snapshot: no chunk")
+    seq = chunks[0].seq
+    blocks: dict[int, int] = {}
+    for chunk in chunks:
+        if chunk.seq != seq or len(chunk.engine_hashes) != len(chunk.router_hashes):
+            raise ValueError(f"inconsistent snapshot chunks of {chunk.instance_id}")
+        blocks.update(zip(chunk.engine_hashes, chunk.router_hashes, strict=True))
+    return seq, blocks

@@ -1,31 +1,56 @@
-"""Router role: ``python -m inference_graph.roles.router --graph G --role router``."""
+"""Router role: ``python -m inference_graph.roles.router --graph G --role router``.
+
+``IG_METRICS_PORT`` (optional) also serves the router's Prometheus metrics over
+HTTP at ``/metrics``; they are always served on the request plane (``metrics``).
+"""
 
 from __future__ import annotations
 
+import os
+
 from ...core.spec import Role
-from ...runtime.request_plane import EndpointServer
+from ...runtime.request_plane import EndpointClient, EndpointServer
 from ..bootstrap import RoleContext, run_role
-from .service import DECIDE_ENDPOINT, RouterService
+from .service import DECIDE_ENDPOINT, METRICS_ENDPOINT, RouterService, snapshot_fetcher
+
+METRICS_PORT_ENV = "IG_METRICS_PORT"
+
+
+def serve_metrics_http(router: RouterService) -> None:
+    port = os.environ.get(METRICS_PORT_ENV, "").strip()
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(int(port), registry=router.metrics.registry)
 
 
 async def main(ctx: RoleContext) -> None:
     spec = ctx.graph.spec
+    workers_client = EndpointClient(ctx.nc, ctx.namespace, Role.DECODE.value)
     router = RouterService(
-        spec.engine.block_size, spec.routing.kv.weights, temperature=spec.routing.kv.temperature
+        spec.engine.block_size,
+        spec.routing.kv.weights,
+        temperature=spec.routing.kv.temperature,
+        fetch_snapshot=snapshot_fetcher(workers_client, spec.engine.block_size),
     )
-    # Events first, then membership, then serve, then register: a processor never reaches a
-    # router that is not listening yet.
+    serve_metrics_http(router)
+    # Events first (held per worker while its snapshot is in flight), then membership, then every
+    # known worker's snapshot, then serve, then register: a processor never reaches a router whose
+    # index is not rebuilt yet.
     await router.subscribe(ctx.nc, ctx.namespace)
     workers_watch = await ctx.discovery.watch_instances(ctx.namespace, Role.DECODE.value)
     workers_watch.add_listener(router.on_instance_event)
+    await router.rebuild(sorted(workers_watch.instances))
     server = EndpointServer(ctx.nc, ctx.namespace, Role.ROUTER.value, ctx.instance_id)
     await server.serve(DECIDE_ENDPOINT, router.make_decide_handler())
+    await server.serve(METRICS_ENDPOINT, router.make_metrics_handler())
     registration = await ctx.discovery.register(ctx.instance_info(), ctx.config.lease_ttl)
     await ctx.stopping.wait()
     await registration.revoke()
     await server.stop(drain_timeout=5)
     await router.unsubscribe()
     await workers_watch.close()
+    await workers_client.close()
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ import msgspec
 from ... import wire
 from ...engines.base import Engine
 from ...runtime.discovery import Registration
-from ...runtime.event_plane import EventPublisher
+from ...runtime.event_plane import KV_SNAPSHOT_ENDPOINT, EventPublisher
 from ...runtime.request_plane import EndpointServer
 from ..bootstrap import RoleContext
 from .handlers import GENERATE_ENDPOINT, make_generate_handler
+from .kv_snapshot import KvMirror
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,16 @@ class WorkerInstance:
         self.engine = engine
         self.instance_id = instance_id
         self._server = EndpointServer(ctx.nc, ctx.namespace, ctx.role.value, instance_id)
-        self._publisher = EventPublisher(ctx.nc, ctx.namespace, instance_id)
+        # What this instance announced, for a router that asks for a snapshot (restart, lost batches).
+        self._kv_mirror = KvMirror(instance_id, engine.info.block_size)
+        self._publisher = EventPublisher(ctx.nc, ctx.namespace, instance_id, on_batch=self._kv_mirror.record)
         self._background: list[asyncio.Task] = []
         self._registration: Registration | None = None
 
     async def start(self) -> None:
         """Serve, publish events, then register: routing never sees an instance that cannot serve."""
         await self._server.serve(GENERATE_ENDPOINT, make_generate_handler(self.engine))
+        await self._server.serve(KV_SNAPSHOT_ENDPOINT, self._kv_mirror.make_handler())
         self._background = [
             asyncio.create_task(self._relay_kv_events(), name=f"kv-events-{self.instance_id}"),
             asyncio.create_task(self._publish_load(), name=f"load-{self.instance_id}"),
