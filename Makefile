@@ -12,7 +12,7 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint bench bench-request-path crd clean-venv
+.PHONY: venv serve test lint bench bench-request-path crd operator clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench-request-path: venv
 crd: venv
 	$(PY) -m inference_graph_operator.crd > crds/inferencegraph.yaml
 	cp crds/inferencegraph.yaml charts/dynamo/crds/inferencegraph.yaml
+
+# The operator in the foreground against the current KUBECONFIG, all namespaces (a developer's loop;
+# in a cluster the chart runs the same module). No liveness endpoint unless LIVENESS is set.
+LIVENESS ?=
+operator: venv
+	IG_OPERATOR_LIVENESS="$(LIVENESS)" $(PY) -m inference_graph_operator --namespace "" $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

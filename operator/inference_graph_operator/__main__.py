@@ -1,0 +1,36 @@
+"""``python -m inference_graph_operator``: the operator in the foreground (the chart's pod, ``make operator``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import kopf
+
+from .config import OperatorConfig
+from .controller import GraphController
+from .handlers import make_registry, memo_for
+from .kube import RestKubeApi
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = OperatorConfig.load(argv)
+    logging.basicConfig(level=config.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("inference_graph_operator").info("config: %s", config.describe())
+    try:
+        api = RestKubeApi.from_environment()
+    except Exception as err:  # kubernetes.config raises ConfigException or OSError for a bad kubeconfig
+        sys.exit(f"inference_graph_operator: no usable Kubernetes credentials: {err}")
+    controller = GraphController(api, config.defaults)
+    kopf.run(
+        registry=make_registry(config),
+        memo=memo_for(controller),
+        standalone=True,  # one replica (the chart's Deployment is Recreate); no peering CRDs needed
+        clusterwide=not config.namespace,
+        namespaces=[config.namespace] if config.namespace else (),
+        liveness_endpoint=config.liveness or None,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""One reconcile pass per graph, and the queue that runs them.
+
+:meth:`GraphController.reconcile` reads the graph and its children fresh, asks the
+pure core (``reconcile``) what to do, does it, and writes the status when it
+changed. It is synchronous (the official client is) and runs in a thread.
+
+:meth:`GraphController.request` is what every kopf handler calls. Passes of one
+graph never overlap, and requests that arrive while a pass runs collapse into one
+more pass: creating six children fires six watch events, which cost at most one
+extra pass, not six.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_graph.core.spec import Role
+
+from .kube import ApiError, KubeApi
+from .reconcile import (
+    Action,
+    Plan,
+    Problems,
+    Verb,
+    child_key,
+    children_selector,
+    desired_children,
+    graph_status,
+    is_controlled_by,
+    plan,
+    status_patch,
+)
+from .render import OperatorDefaults
+
+log = logging.getLogger("inference_graph_operator")
+
+# The planner seam (issue #7): (namespace, name) -> recommended replicas per role, or None.
+ReplicaAdvisor = Callable[[str, str], Mapping[Role, int] | None]
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class PassResult:
+    """What one pass did (for logs and tests)."""
+
+    actions: list[str] = field(default_factory=list)  # "create Deployment g-decode (missing)"
+    failures: list[str] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    gone: bool = False  # the graph no longer exists (or is being deleted)
+
+
+class GraphController:
+    def __init__(
+        self,
+        api: KubeApi,
+        defaults: OperatorDefaults,
+        advisor: ReplicaAdvisor | None = None,
+        clock: Callable[[], str] = utc_now,
+    ):
+        self.api = api
+        self.defaults = defaults
+        self.advisor = advisor
+        self.clock = clock
+        self._queued: dict[tuple[str, str], bool] = {}  # key -> another pass requested while running
+
+    # ------------------------------------------------------------ one pass (blocking)
+
+    def reconcile(self, namespace: str, name: str) -> PassResult:
+        body = self.api.get_graph(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return PassResult(gone=True)  # garbage collection removes the children
+        recommended = self.advisor(namespace, name) if self.advisor else None
+        desired = desired_children(body, self.defaults, recommended)
+        observed = self.api.list_children(namespace, children_selector(name))
+        todo = Plan([], []) if desired.error else plan(desired.children, observed, body["metadata"]["uid"])
+        result = PassResult()
+        children, conflicts = self._apply(todo, observed, body["metadata"]["uid"], result)
+        problems = Problems(spec_error=desired.error, conflicts=conflicts, failures=result.failures)
+        status = graph_status(body, desired, children, problems, bool(result.actions), self.clock())
+        patch = status_patch(body.get("status"), status)
+        if patch is not None:
+            self.api.patch_graph_status(namespace, name, patch)
+        result.status = status
+        return result
+
+    def _apply(
+        self, todo: Plan, observed: list[dict[str, Any]], uid: str, result: PassResult
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Do the plan; returns the children as they are afterwards, and the conflicts found."""
+        children = {child_key(obj): obj for obj in observed if is_controlled_by(obj, uid)}
+        conflicts = list(todo.conflicts)
+        for action in todo.actions:
+            try:
+                after = self._do(action, uid)
+            except ApiError as err:
+                result.failures.append(f"{action.verb} {action.obj['kind']} {action.key[1]}: {err}")
+                continue
+            if after is _CONFLICT:
+                conflicts.append(f"{action.key[0]} {action.key[1]}")
+                continue
+            result.actions.append(f"{action.verb} {action.key[0]} {action.key[1]} ({action.why})")
+            if action.verb is Verb.DELETE:
+                children.pop(action.key, None)
+            else:
+                children[action.key] = after
+        return list(children.values()), sorted(conflicts)
+
+    def _do(self, action: Action, uid: str) -> dict[str, Any] | object | None:
+        if action.verb is Verb.DELETE:
+            self.api.delete(action.obj)
+            return None
+        if action.verb is Verb.PATCH:
+            return self.api.patch(action.obj)
+        try:
+            return self.api.create(action.obj)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+        # Already exists: ours (made since we listed, or listed without our labels) or someone else's.
+        kind, name = action.key
+        existing = self.api.get(kind, action.obj["metadata"]["namespace"], name)
+        if existing is not None and not is_controlled_by(existing, uid):
+            return _CONFLICT
+        return self.api.patch(action.obj)
+
+    # ------------------------------------------------------------ the queue (async)
+
+    async def request(self, namespace: str, name: str) -> None:
+        """Reconcile soon; returns once a pass that started after this call has finished,
+        or at once when a running pass will be followed by one that covers it."""
+        key = (namespace, name)
+        if key in self._queued:
+            self._queued[key] = True
+            return
+        self._queued[key] = False
+        try:
+            while True:
+                await self._pass(namespace, name)
+                if not self._queued[key]:
+                    break
+                self._queued[key] = False
+        finally:
+            del self._queued[key]
+
+    async def _pass(self, namespace: str, name: str) -> None:
+        try:
+            result = await asyncio.to_thread(self.reconcile, namespace, name)
+        except ApiError as err:  # reading failed: the next event or the resync timer retries
+            log.warning("reconcile %s/%s: %s", namespace, name, err)
+            return
+        for line in result.actions:
+            log.info("%s/%s: %s", namespace, name, line)
+        for line in result.failures:
+            log.warning("%s/%s: %s", namespace, name, line)
+
+
+_CONFLICT = object()

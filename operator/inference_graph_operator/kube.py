@@ -1,0 +1,160 @@
+"""The operator's few Kubernetes API calls, behind one small interface.
+
+:class:`KubeApi` is what the reconcile loop needs; :class:`RestKubeApi` implements
+it with the official client's REST layer (plain dicts in and out, no generated
+models: the reconcile core compares dicts). The client is built from an explicit
+kubeconfig path or the in-cluster service account, never from the module-level
+default the official client computes at import time (it freezes ``$KUBECONFIG``
+then, which breaks any process that sets it later, tests included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from inference_graph.core.spec import API_GROUP
+
+from .crd import PLURAL, VERSION
+
+# kind -> (apiVersion, plural)
+_CHILD_PATHS = {
+    "ConfigMap": ("v1", "configmaps"),
+    "Service": ("v1", "services"),
+    "Deployment": ("apps/v1", "deployments"),
+}
+GRAPH_PATH = f"/apis/{API_GROUP}/{VERSION}"
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+
+
+class ApiError(Exception):
+    """A failed API call: ``status`` is the HTTP status (0: no response), ``reason`` the server's message."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class KubeApi(Protocol):
+    def get_graph(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_children(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    def patch(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    def delete(self, obj: Mapping[str, Any]) -> None: ...
+    def patch_graph_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+
+def _collection(kind: str, namespace: str) -> str:
+    api_version, plural = _CHILD_PATHS[kind]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
+def _item(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{_collection(obj['kind'], meta['namespace'])}/{meta['name']}"
+
+
+class RestKubeApi:
+    """:class:`KubeApi` over ``kubernetes.client.ApiClient`` (synchronous; the handlers run it in threads)."""
+
+    def __init__(self, api_client):
+        self._client = api_client
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> RestKubeApi:
+        """The first file in ``$KUBECONFIG``, else the pod's service account, else ~/.kube/config."""
+        from kubernetes import client, config
+
+        if not environ.get("KUBECONFIG") and environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            return cls(client.ApiClient(configuration))
+        path = (environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0]
+        return cls(config.new_client_from_config(config_file=os.path.expanduser(path)))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = self._client.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._client.call_api(*params, _request_timeout=REQUEST_TIMEOUT)
+            response.read()
+        except ApiException as exc:
+            raise ApiError(exc.status or 0, _reason(exc)) from None
+        except OSError as exc:  # urllib3 connection errors are OSErrors
+            raise ApiError(0, str(exc)) from None
+        return json.loads(response.data) if response.data else {}
+
+    def get_graph(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(f"{GRAPH_PATH}/namespaces/{namespace}/{PLURAL}/{name}")
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self._get(f"{_collection(kind, namespace)}/{name}")
+        return _typed(obj, kind) if obj is not None else None
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_children(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        out = []
+        for kind in _CHILD_PATHS:
+            listing = self._call("GET", _collection(kind, namespace), query={"labelSelector": selector})
+            out += [_typed(item, kind) for item in listing.get("items") or []]
+        return out
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return self._call("POST", _collection(obj["kind"], obj["metadata"]["namespace"]), body=dict(obj))
+
+    def patch(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch with the whole desired object: lists are replaced, so drift in them is undone."""
+        return self._call("PATCH", _item(obj), body=dict(obj), content_type="application/merge-patch+json")
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self._call("DELETE", _item(obj), body=body)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    def patch_graph_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        path = f"{GRAPH_PATH}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        self._call("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json")
+
+
+def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    """List items come without kind/apiVersion; the reconcile core compares them with rendered objects."""
+    return {**obj, "kind": kind, "apiVersion": _CHILD_PATHS[kind][0]}
+
+
+def _reason(exc) -> str:
+    """The API server's Status message when there is one, else the HTTP reason."""
+    try:
+        return json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)

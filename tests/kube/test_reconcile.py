@@ -1,0 +1,399 @@
+"""The operator's pure reconcile core and its controller pass, with the API as plain dicts in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from inference_graph.core.spec import Role, parse_graph
+from inference_graph_operator.controller import GraphController
+from inference_graph_operator.kube import ApiError
+from inference_graph_operator.reconcile import (
+    Desired,
+    Problems,
+    Verb,
+    decide_replicas,
+    desired_children,
+    drift,
+    graph_status,
+    phase_of,
+    plan,
+    status_patch,
+)
+from inference_graph_operator.render import OperatorDefaults
+
+UID = "5f0c6a1e-0000-4000-8000-000000000001"
+DEFAULTS = OperatorDefaults(image="registry.example/runtime:1")
+NOW = "2026-11-23T06:00:00Z"
+
+
+def graph_body(**spec_overrides) -> dict[str, Any]:
+    spec = {
+        "model": {"name": "m", "source": "builtin://tiny"},
+        "disaggregation": {"enabled": True},
+        "services": {"frontend": {"replicas": 1}, "decode": {"replicas": 2}, "prefill": {"replicas": 1}},
+    }
+    spec.update(spec_overrides)
+    return {
+        "apiVersion": "inferencegraph.dev/v1alpha1",
+        "kind": "InferenceGraph",
+        "metadata": {"name": "g", "namespace": "ns", "uid": UID, "generation": 3},
+        "spec": spec,
+    }
+
+
+def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
+    """What an API server returns: our fields plus defaults and server metadata."""
+    stored = copy.deepcopy(obj)
+    stored["metadata"].update(uid="child-uid", resourceVersion="7", creationTimestamp=NOW)
+    if obj["kind"] == "Deployment":
+        stored["spec"]["revisionHistoryLimit"] = 10
+        stored["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
+        stored["metadata"]["generation"] = 1
+    if obj["kind"] == "Service":
+        stored["spec"]["clusterIP"] = "10.0.0.7"
+    return stored
+
+
+def ready(deployment: dict[str, Any]) -> dict[str, Any]:
+    n = deployment["spec"]["replicas"]
+    return {
+        **deployment,
+        "status": {
+            "observedGeneration": deployment["metadata"].get("generation", 1),
+            "replicas": n,
+            "updatedReplicas": n,
+            "readyReplicas": n,
+            "availableReplicas": n,
+        },
+    }
+
+
+def rendered(body=None) -> Desired:
+    return desired_children(body or graph_body(), DEFAULTS)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_nothing_observed_creates_every_child():
+    desired = rendered()
+    todo = plan(desired.children, [], UID)
+    assert [a.verb for a in todo.actions] == [Verb.CREATE] * len(desired.children)
+    assert {a.key for a in todo.actions} == {
+        ("ConfigMap", "g-graph"),
+        ("Deployment", "g-frontend"),
+        ("Deployment", "g-processor"),
+        ("Deployment", "g-decode"),
+        ("Deployment", "g-prefill"),
+        ("Service", "g-frontend"),
+    }
+
+
+def test_server_defaults_and_status_are_not_drift():
+    desired = rendered()
+    observed = [ready(as_stored(o)) if o["kind"] == "Deployment" else as_stored(o) for o in desired.children]
+    assert plan(desired.children, observed, UID).actions == []
+
+
+def test_a_hand_edit_is_drift_and_is_patched_back():
+    desired = rendered()
+    observed = [as_stored(o) for o in desired.children]
+    decode = next(o for o in observed if o["metadata"]["name"] == "g-decode")
+    decode["spec"]["replicas"] = 5  # kubectl scale: the operator is the single writer
+    decode["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "X", "value": "1"})
+    todo = plan(desired.children, observed, UID)
+    (action,) = todo.actions
+    assert action.verb is Verb.PATCH and action.key == ("Deployment", "g-decode")
+    assert action.why == "drift at spec.replicas"
+    assert action.obj["spec"]["replicas"] == 2
+
+
+def test_a_deleted_child_is_created_again():
+    desired = rendered()
+    observed = [as_stored(o) for o in desired.children if o["kind"] != "Service"]
+    (action,) = plan(desired.children, observed, UID).actions
+    assert (action.verb, action.key) == (Verb.CREATE, ("Service", "g-frontend"))
+
+
+def test_a_role_removed_from_the_spec_loses_its_deployment():
+    observed = [as_stored(o) for o in rendered().children]
+    body = graph_body(disaggregation={"enabled": False}, services={"decode": {"replicas": 2}})
+    actions = plan(rendered(body).children, observed, UID).actions
+    assert {(a.verb, a.key) for a in actions if a.verb is Verb.DELETE} == {
+        (Verb.DELETE, ("Deployment", "g-prefill"))
+    }
+
+
+def test_objects_owned_by_someone_else_are_never_touched():
+    desired = rendered()
+    foreign = as_stored(desired.children[0])
+    foreign["metadata"]["ownerReferences"] = []  # a ConfigMap g-graph made by hand
+    stale_other_graph = as_stored(desired.children[1])
+    stale_other_graph["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-graph"
+    todo = plan(desired.children, [foreign, stale_other_graph], UID)
+    assert todo.conflicts == ["ConfigMap g-graph", "Deployment g-frontend"]
+    touched = {a.key for a in todo.actions}
+    assert ("ConfigMap", "g-graph") not in touched and ("Deployment", "g-frontend") not in touched
+    assert all(a.verb is Verb.CREATE for a in todo.actions)
+
+
+def test_drift_compares_lists_item_by_item_and_ignores_extra_keys():
+    assert drift({"a": [{"x": 1}]}, {"a": [{"x": 1, "y": 2}], "b": 3}) is None
+    assert drift({"a": [{"x": 1}]}, {"a": [{"x": 1}, {"x": 2}]}) == "a"
+    assert drift({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == "a.b[1]"
+    assert drift({"a": 1}, {}) == "a"
+
+
+# ---------------------------------------------------------------- desired state
+
+
+def test_invalid_spec_renders_nothing_and_names_the_field():
+    body = graph_body(disaggregation={"enabled": False})  # prefill without disaggregation
+    desired = rendered(body)
+    assert desired.children == [] and desired.graph is None
+    assert "services.prefill" in str(desired.error)
+    assert "disaggregation.enabled" in str(desired.error)
+
+
+def test_replicas_come_from_the_spec_unless_the_planner_recommends():
+    graph = parse_graph({k: v for k, v in graph_body().items() if k != "status"})
+    assert decide_replicas(graph) == {Role.FRONTEND: 1, Role.PROCESSOR: 1, Role.DECODE: 2, Role.PREFILL: 1}
+    recommended = {Role.PREFILL: 4, Role.ROUTER: 3}  # no router in this graph: ignored
+    assert decide_replicas(graph, recommended)[Role.PREFILL] == 4
+    assert Role.ROUTER not in decide_replicas(graph, recommended)
+    desired = desired_children(graph_body(), DEFAULTS, recommended)
+    prefill = next(o for o in desired.children if o["metadata"]["name"] == "g-prefill")
+    assert prefill["spec"]["replicas"] == 4
+
+
+# ---------------------------------------------------------------- status
+
+
+def status_for(children, problems=None, changed=False, body=None):
+    body = body or graph_body()
+    return graph_status(body, rendered(body), children, problems or Problems(), changed, NOW)
+
+
+def test_status_when_everything_is_ready():
+    children = [ready(as_stored(o)) if o["kind"] == "Deployment" else o for o in rendered().children]
+    status = status_for(children)
+    assert status["phase"] == "Ready"
+    assert status["observedGeneration"] == 3
+    assert status["ready"] == "5/5"
+    assert status["services"]["decode"] == {"desired": 2, "replicas": 2, "ready": 2}
+    assert status["endpoint"] == "http://g-frontend.ns.svc:8000"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("True", "AllRolesReady")
+    assert (conds["Progressing"]["status"], conds["Degraded"]["status"]) == ("False", "False")
+    assert all(c["lastTransitionTime"] == NOW for c in conds.values())
+
+
+def test_status_while_pods_start():
+    children = [as_stored(o) for o in rendered().children]  # Deployments without status yet
+    status = status_for(children, changed=True)
+    assert status["phase"] == "Progressing"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "RolesNotReady"
+    assert "decode 0/2" in conds["Ready"]["message"]
+    assert conds["Progressing"]["reason"] == "RollingOut"
+    assert "g-decode: the new spec is not yet picked up" in conds["Progressing"]["message"]
+    for child in children:  # the Deployment controller saw the spec; pods are coming
+        if child["kind"] == "Deployment":
+            child["status"] = {"observedGeneration": 1, "updatedReplicas": 0}
+    progressing = status_for(children)["conditions"][1]
+    assert progressing["status"] == "True" and "g-decode: 0/2 pods updated" in progressing["message"]
+
+
+def test_invalid_spec_status_names_the_field_and_keeps_what_runs():
+    children = [ready(as_stored(o)) if o["kind"] == "Deployment" else o for o in rendered().children]
+    body = graph_body(disaggregation={"enabled": False})
+    desired = rendered(body)
+    status = graph_status(body, desired, children, Problems(spec_error=desired.error), False, NOW)
+    assert status["phase"] == "Failed"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "InvalidSpec"
+    assert "services.prefill" in conds["Degraded"]["message"]
+    assert "nothing was created or changed" in conds["Degraded"]["message"]
+    assert status["services"]["decode"] == {"desired": 2, "replicas": 2, "ready": 2}  # still running
+
+
+@pytest.mark.parametrize(
+    ("problems", "reason"),
+    [
+        (Problems(conflicts=["ConfigMap g-graph"]), "ChildConflict"),
+        (Problems(failures=["create Deployment g-decode: 403 forbidden"]), "ApplyFailed"),
+    ],
+)
+def test_degraded_reasons(problems, reason):
+    children = [ready(as_stored(o)) if o["kind"] == "Deployment" else o for o in rendered().children]
+    status = status_for(children, problems)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", reason)
+    assert status["phase"] == "Degraded"
+
+
+def test_a_stuck_rollout_is_degraded():
+    children = [as_stored(o) for o in rendered().children]
+    decode = next(c for c in children if c["metadata"]["name"] == "g-decode")
+    decode["status"] = {
+        "conditions": [
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": "timed out",
+            }
+        ]
+    }
+    degraded = next(c for c in status_for(children)["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "RolloutFailed" and "g-decode: timed out" in degraded["message"]
+
+
+def test_transition_times_survive_while_a_condition_holds():
+    children = [ready(as_stored(o)) if o["kind"] == "Deployment" else o for o in rendered().children]
+    body = graph_body()
+    body["status"] = status_for(children)
+    later = graph_status(body, rendered(body), children, Problems(), False, "2026-11-23T07:00:00Z")
+    assert [c["lastTransitionTime"] for c in later["conditions"]] == [NOW] * 3
+    assert status_patch(body["status"], later) is None  # nothing to write
+
+
+def test_status_patch_removes_roles_that_went_away():
+    old = {"services": {"decode": {"desired": 1}, "prefill": {"desired": 1}}, "endpoint": "http://x"}
+    new = {"services": {"decode": {"desired": 1}}}
+    assert status_patch(old, new) == {
+        "services": {"prefill": None, "decode": {"desired": 1}},
+        "endpoint": None,
+    }
+
+
+def test_phase_order():
+    def conds(ready, progressing, degraded, reason="X"):
+        return [
+            {"type": "Ready", "status": ready, "reason": "R"},
+            {"type": "Progressing", "status": progressing, "reason": "P"},
+            {"type": "Degraded", "status": degraded, "reason": reason},
+        ]
+
+    assert phase_of(conds("True", "False", "False")) == "Ready"
+    assert phase_of(conds("True", "True", "False")) == "Progressing"
+    assert phase_of(conds("False", "False", "False")) == "Pending"
+    assert phase_of(conds("True", "False", "True")) == "Degraded"
+    assert phase_of(conds("False", "False", "True", "InvalidSpec")) == "Failed"
+
+
+# ---------------------------------------------------------------- one controller pass, API in memory
+
+
+class MemoryApi:
+    """The KubeApi interface over a dict, with the API server's 404/409 answers."""
+
+    def __init__(self, graph: dict[str, Any]):
+        self.graph = graph
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+
+    def get_graph(self, namespace, name):
+        return copy.deepcopy(self.graph) if self.graph else None
+
+    def list_children(self, namespace, selector):
+        instance = selector.split(",")[0].split("=")[1]
+        return [
+            copy.deepcopy(o)
+            for o in self.objects.values()
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") == instance
+        ]
+
+    def get(self, kind, namespace, name):
+        return copy.deepcopy(self.objects.get((kind, name)))
+
+    def create(self, obj):
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in self.objects:
+            raise ApiError(409, "already exists")
+        self.writes.append(f"create {key[1]}")
+        self.objects[key] = as_stored(obj)
+        return copy.deepcopy(self.objects[key])
+
+    def patch(self, obj):
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.writes.append(f"patch {key[1]}")
+        self.objects[key].update(copy.deepcopy(obj))
+        return copy.deepcopy(self.objects[key])
+
+    def delete(self, obj):
+        self.writes.append(f"delete {obj['metadata']['name']}")
+        self.objects.pop((obj["kind"], obj["metadata"]["name"]), None)
+
+    def patch_graph_status(self, namespace, name, status):
+        self.writes.append("status")
+        self.graph["status"] = {**(self.graph.get("status") or {}), **status}
+
+
+def test_a_pass_creates_then_a_second_pass_writes_nothing():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    first = controller.reconcile("ns", "g")
+    assert len(first.actions) == 6 and first.failures == []
+    assert api.graph["status"]["phase"] == "Progressing"
+    api.writes.clear()
+    second = controller.reconcile("ns", "g")
+    assert second.actions == [] and api.writes == []  # same children, same status: no write
+    for key, obj in api.objects.items():  # the Deployment controller brings the pods up
+        if key[0] == "Deployment":
+            api.objects[key] = ready(obj)
+    controller.reconcile("ns", "g")
+    assert api.writes == ["status"]
+    assert api.graph["status"]["phase"] == "Ready"
+
+
+def test_a_pass_reports_a_foreign_object_and_leaves_it_alone():
+    api = MemoryApi(graph_body())
+    api.objects[("ConfigMap", "g-graph")] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "g-graph", "namespace": "ns"},  # no labels: not listed, found on 409
+        "data": {"mine": "yes"},
+    }
+    result = GraphController(api, DEFAULTS, clock=lambda: NOW).reconcile("ns", "g")
+    assert api.objects[("ConfigMap", "g-graph")]["data"] == {"mine": "yes"}
+    assert "create g-graph" not in api.writes and "patch g-graph" not in api.writes
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ChildConflict" and "ConfigMap g-graph" in degraded["message"]
+
+
+def test_a_pass_on_an_invalid_spec_changes_no_child():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    controller.reconcile("ns", "g")
+    before = copy.deepcopy(api.objects)
+    api.graph["spec"]["disaggregation"] = {"enabled": False}
+    api.writes.clear()
+    controller.reconcile("ns", "g")
+    assert api.objects == before and api.writes == ["status"]
+    assert api.graph["status"]["phase"] == "Failed"
+
+
+def test_a_pass_on_a_deleted_graph_does_nothing():
+    api = MemoryApi(None)
+    assert GraphController(api, DEFAULTS).reconcile("ns", "g").gone
+    assert api.writes == []
+
+
+async def test_requests_during_a_pass_collapse_into_one_more_pass():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    passes = []
+    original = controller.reconcile
+
+    def counting(namespace, name):
+        passes.append(name)
+        return original(namespace, name)
+
+    controller.reconcile = counting
+    await asyncio.gather(*(controller.request("ns", "g") for _ in range(6)))
+    assert 1 <= len(passes) <= 2
