@@ -49,6 +49,22 @@ async def test_completion_text_and_token_ids(tiny):
     assert await tiny.tokenize(completion_request([5, 6, 7])) == [5, 6, 7]
 
 
+TEXTS = [
+    "hello world",
+    "  leading spaces,\n\ttabs and 12345 digits ",
+    "héllo wörld 東京 🤖 " * 20,
+    "<|im_start|>user\nspecial tokens inside text<|im_end|>",
+    "the capital of France is Paris " * 200,
+]
+
+
+@pytest.mark.parametrize("name", ["tiny", "smol"])
+@pytest.mark.parametrize("text", TEXTS)
+def test_completion_ids_equal_the_tokenizers_encode(request, name, text):
+    tokenizer: PromptTokenizer = request.getfixturevalue(name)
+    assert tokenizer.encode_text(text) == tokenizer.hf.encode(text)
+
+
 async def test_long_prompts_are_tokenized_off_the_loop(tiny, monkeypatch):
     text = "the capital of France is Paris " * 100
     inline = await tiny.tokenize(completion_request(text))

@@ -154,7 +154,9 @@ class PromptTokenizer:
     def encode_text(self, text: str) -> list[int]:
         """Completion prompt: encoded with the tokenizer's default special tokens (BOS or none)."""
         if self._direct_encode:
-            return self.backend.encode(text).ids
+            # The same ids as ``encode``, without the character offsets we never read
+            # (~12% of a 1.1k-token encode).
+            return self.backend.encode_batch_fast([text])[0].ids
         return list(self.hf.encode(text))
 
     def check_ids(self, token_ids: Sequence[int]) -> list[int]:

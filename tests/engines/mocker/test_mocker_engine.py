@@ -44,7 +44,9 @@ def replay(index: set[int], batch: list[wire.KvEvent]) -> None:
 
 
 async def test_frames_like_vllm(make_engine):
-    engine = await make_engine(block_size=BS)
+    # Steps that take (a little) time: the consumer runs between them. Zero-time steps
+    # (instant timing) run in bursts and leave several steps' tokens in one frame.
+    engine = await make_engine(block_size=BS, timing="polynomial", speedup=1000)
     assert engine.info.block_size == BS and engine.info.num_kv_blocks == 16384
     frames, tokens = await run(engine, "a", range(10, 50), greedy(12))
     assert len(tokens) == 12 and len(frames) == 12  # a consumer that keeps up: one frame per step

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 MAX_PENDING_EVENT_BATCHES = 100_000  # like the ZMQ high-water mark of the vLLM subscriber
 _MAX_CATCH_UP_S = 0.05
+# Steps modelled as taking no time (the instant timing) run back to back without
+# yielding, for at most this long: no simulated time passes between them, so no
+# request could arrive or read a token in between; yielding after each would only
+# add one event-loop turn and one socket write per step to what we measure.
+_MAX_INSTANT_BURST_S = 0.002
 
 
 class _Stream:
@@ -268,9 +273,10 @@ class MockerEngine:
         assert sched is not None and timing is not None
         scale = 1.0 / (1000.0 * self.speedup)  # modelled ms -> real seconds
         clock: float | None = None  # when the previous step was due to end
+        burst_start: float | None = None  # first of the zero-time steps run without yielding
         while True:
             if not sched.has_work():
-                clock = None
+                clock = burst_start = None
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -279,7 +285,7 @@ class MockerEngine:
             if not step:
                 self._publish()
                 if not step.preempted:  # nothing fits (cannot happen while one sequence fits the cache)
-                    clock = None
+                    clock = burst_start = None
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 continue
@@ -290,7 +296,11 @@ class MockerEngine:
             # _MAX_CATCH_UP_S (an overloaded process) is dropped, not caught up.
             start = clock if clock is not None and t0 - clock < _MAX_CATCH_UP_S else t0
             clock = start + seconds
-            await asyncio.sleep(max(0.0, clock - loop.time()))
+            if seconds == 0.0 and (burst_start is None or t0 - burst_start < _MAX_INSTANT_BURST_S):
+                burst_start = t0 if burst_start is None else burst_start
+            else:
+                burst_start = None
+                await asyncio.sleep(max(0.0, clock - loop.time()))
             for ev in sched.complete(step):
                 stream: _Stream = ev.seq.sink
                 stream.tokens.append(ev.token)
