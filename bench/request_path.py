@@ -219,7 +219,8 @@ def launcher_of(url: str) -> int | None:
     for d in os.listdir("/proc"):
         if d.isdigit():
             cmd = _cmdline(int(d))
-            if "inference-graph" in cmd and " serve " in cmd and f"--port {port} " in cmd + " ":
+            launcher = "inference-graph" in cmd or "inference_graph.launcher" in cmd
+            if launcher and " serve " in cmd and f"--port {port} " in cmd + " ":
                 return int(d)
     print("no launcher found for that port: counting every role process on this machine", file=sys.stderr)
     return None
