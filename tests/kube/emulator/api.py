@@ -1,0 +1,211 @@
+"""The verbs, independent of HTTP: create, get, list, update, patch, delete, on one resource type.
+
+Every write goes through `_store_write`: status-subresource rules, CRD pruning/defaulting/validation,
+resourceVersion preconditions, generation, no-op detection, then the lifecycle hooks (CRD registration,
+finalizers, garbage collection) in `lifecycle.Lifecycle`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from . import objects, patching, schema
+from .errors import ApiError, already_exists, bad_request, invalid, method_not_allowed, not_found, stale
+from .lifecycle import Lifecycle
+from .resources import Registry, ResourceType
+from .selectors import field_selector, label_selector
+from .store import Obj, Store
+
+
+class Api:
+    def __init__(self) -> None:
+        self.store = Store()
+        self.registry = Registry()
+        self.lifecycle = Lifecycle(self.store, self.registry)
+        for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.create(self.registry.get("", "v1", "namespaces"), None, {"metadata": {"name": name}})
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def get(self, rtype: ResourceType, namespace: str | None, name: str) -> Obj:
+        with self.store.lock:
+            obj = self.store.get(rtype.key, namespace, name)
+            if obj is None:
+                raise not_found(rtype.plural, rtype.group, name)
+            return self.as_version(rtype, obj)
+
+    def list(self, rtype: ResourceType, namespace: str | None, labels: str | None, fields: str | None) -> Obj:
+        by_label, by_field = label_selector(labels), field_selector(fields)
+        with self.store.lock:
+            items = [
+                self.as_version(rtype, o)
+                for o in self.store.list(rtype.key, namespace)
+                if by_label(o) and by_field(o)
+            ]
+            rv = str(self.store.resource_version)
+        for item in items:  # list items carry no apiVersion/kind in the real API; clients tolerate both
+            item.pop("apiVersion", None)
+            item.pop("kind", None)
+        return {
+            "apiVersion": rtype.group_version,
+            "kind": rtype.list_kind,
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        }
+
+    @staticmethod
+    def as_version(rtype: ResourceType, obj: Obj) -> Obj:
+        """A copy served under the requested version (all versions share storage)."""
+        served = copy.deepcopy(obj)
+        served["apiVersion"], served["kind"] = rtype.group_version, rtype.kind
+        return served
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    def create(self, rtype: ResourceType, namespace: str | None, body: Obj, strict: bool = False) -> Obj:
+        if not isinstance(body, dict):
+            raise bad_request("the body of the request must be a JSON object")
+        with self.store.lock:
+            obj = objects.new_object(rtype, namespace, body)
+            self.lifecycle.check_can_create(rtype, obj)
+            self._admit(rtype, obj, strict)
+            if (
+                self.store.get(rtype.key, namespace if rtype.namespaced else None, obj["metadata"]["name"])
+                is not None
+            ):
+                raise already_exists(rtype.plural, rtype.group, obj["metadata"]["name"])
+            self.lifecycle.before_create(rtype, obj)
+            stored = self.store.put(rtype.key, obj, "ADDED")
+            self.lifecycle.after_write(rtype, stored)
+            return self.as_version(rtype, stored)
+
+    def update(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Obj,
+        subresource: str | None,
+        strict: bool = False,
+    ) -> Obj:
+        if not isinstance(body, dict):
+            raise bad_request("the body of the request must be a JSON object")
+        with self.store.lock:
+            live = self._live(rtype, namespace, name)
+            if subresource == "scale":
+                return self._write_scale(rtype, live, body)
+            return self._store_write(rtype, live, body, subresource, strict)
+
+    def patch(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        body: Any,
+        subresource: str | None,
+        manager: str,
+        strict: bool = False,
+    ) -> Obj:
+        if content_type == patching.STRATEGIC and rtype.crd is not None:
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types include: {patching.JSON_PATCH}, {patching.MERGE_PATCH}, {patching.APPLY}",
+            )
+        with self.store.lock:
+            live = self.store.get(rtype.key, namespace if rtype.namespaced else None, name)
+            if live is None:
+                if content_type == patching.APPLY and subresource is None:  # apply creates
+                    created = patching.server_side_apply(None, body, manager)
+                    created.setdefault("metadata", {})["name"] = name
+                    return self.create(rtype, namespace, created, strict)
+                raise not_found(rtype.plural, rtype.group, name)
+            if subresource == "scale":
+                scale = patching.apply_patch(content_type, self.lifecycle.scale_of(live), body, manager)
+                return self._write_scale(rtype, live, scale)
+            patched = patching.apply_patch(content_type, self.as_version(rtype, live), body, manager)
+            return self._store_write(rtype, live, patched, subresource, strict)
+
+    def delete(self, rtype: ResourceType, namespace: str | None, name: str, options: dict[str, Any]) -> Obj:
+        with self.store.lock:
+            live = self._live(rtype, namespace, name)
+            pre = options.get("preconditions") or {}
+            if pre.get("resourceVersion") not in (None, live["metadata"]["resourceVersion"]):
+                raise stale(rtype.plural, rtype.group, name)
+            if pre.get("uid") not in (None, live["metadata"]["uid"]):
+                raise stale(rtype.plural, rtype.group, name)
+            policy = options.get("propagationPolicy") or (
+                "Orphan" if options.get("orphanDependents") else "Background"
+            )
+            return self.as_version(rtype, self.lifecycle.delete(rtype, live, policy))
+
+    def delete_collection(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        labels: str | None,
+        fields: str | None,
+        options: dict[str, Any],
+    ) -> Obj:
+        listed = self.list(rtype, namespace, labels, fields)
+        for item in listed["items"]:
+            meta = item["metadata"]
+            self.delete(rtype, meta.get("namespace"), meta["name"], options)
+        return listed
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _live(self, rtype: ResourceType, namespace: str | None, name: str) -> Obj:
+        live = self.store.get(rtype.key, namespace if rtype.namespaced else None, name)
+        if live is None:
+            raise not_found(rtype.plural, rtype.group, name)
+        return live
+
+    def _admit(self, rtype: ResourceType, obj: Obj, strict: bool) -> None:
+        dropped, causes = schema.admit(obj, rtype.schema)
+        name = obj["metadata"].get("name", "")
+        if dropped and strict:
+            fields = ", ".join(f'unknown field "{path}"' for path in dropped)
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'{rtype.kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: strict decoding error: {fields}',
+            )
+        if causes:
+            raise invalid(rtype.kind, rtype.group, name, causes)
+
+    def _store_write(
+        self, rtype: ResourceType, live: Obj, body: Obj, subresource: str | None, strict: bool
+    ) -> Obj:
+        if subresource not in (None, "status") or (subresource and subresource not in rtype.subresources):
+            raise method_not_allowed()
+        rv = body.get("metadata", {}).get("resourceVersion")
+        if rv not in (None, "") and rv != live["metadata"]["resourceVersion"]:
+            raise stale(rtype.plural, rtype.group, live["metadata"]["name"])
+        if subresource == "status":
+            new = objects.only_status_from(live, body)
+        elif "status" in rtype.subresources:
+            new = objects.with_status_of(live, body)
+        else:
+            new = body
+        new = objects.carry_system_fields(rtype, live, new)
+        objects.apply_builtin_defaults(rtype, new)
+        self._admit(rtype, new, strict)
+        if objects.unchanged(live, new):
+            return self.as_version(rtype, live)
+        stored = self.store.put(rtype.key, new, "MODIFIED")
+        self.lifecycle.after_write(rtype, stored)
+        return self.as_version(rtype, stored)
+
+    def _write_scale(self, rtype: ResourceType, live: Obj, scale: Obj) -> Obj:
+        if "scale" not in rtype.subresources:
+            raise method_not_allowed()
+        new = copy.deepcopy(live)
+        new["spec"]["replicas"] = int(scale.get("spec", {}).get("replicas", 0))
+        new["metadata"]["resourceVersion"] = (
+            scale.get("metadata", {}).get("resourceVersion") or live["metadata"]["resourceVersion"]
+        )
+        written = self._store_write(rtype, live, new, None, False)
+        return self.lifecycle.scale_of(written)

@@ -1,0 +1,269 @@
+"""HTTP routing: Kubernetes API paths → discovery, OpenAPI, or a verb on a resource (watch included)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from . import discovery, openapi, patching, table
+from .api import Api
+from .errors import ApiError, bad_request, method_not_allowed
+from .resources import ResourceType
+from .selectors import field_selector, label_selector
+from .store import Event, Watch, namespace_of
+
+DEFAULT_WATCH_TIMEOUT = 1800.0  # kube-apiserver picks 30-60 min when the client sets none
+JSON = "application/json"
+
+
+@dataclass
+class Target:
+    rtype: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(body), status=status, content_type=JSON)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true")
+
+
+class Handlers:
+    def __init__(self, api: Api):
+        self.api = api
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._route(request)
+        except ApiError as exc:
+            return _json(exc.status(), exc.code)
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        parts = [p for p in path.split("/") if p]
+        fixed = self._fixed(path, parts)
+        if fixed is not None:
+            return _json(fixed)
+        if parts[:2] == ["openapi", "v3"] and len(parts) > 2:
+            return self._openapi(parts[2:])
+        target = self._target(parts)
+        if target is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return await self._verb(request, target)
+
+    def _fixed(self, path: str, parts: list[str]) -> Any:
+        registry = self.api.registry
+        simple = {
+            "/": lambda: discovery.root_paths(registry),
+            "/version": lambda: discovery.VERSION,
+            "/api": discovery.api_versions,
+            "/apis": lambda: discovery.api_group_list(registry),
+            "/openapi/v3": lambda: openapi.index(registry),
+            "/healthz": lambda: "ok",
+            "/readyz": lambda: "ok",
+            "/livez": lambda: "ok",
+        }
+        if path in simple:
+            return simple[path]()
+        with self.api.store.lock:
+            if len(parts) == 2 and parts[0] == "api":
+                return self._or_404(discovery.api_resource_list(registry, "", parts[1]))
+            if len(parts) == 2 and parts[0] == "apis":
+                return self._or_404(discovery.api_group(registry, parts[1]))
+            if len(parts) == 3 and parts[0] == "apis":
+                return self._or_404(discovery.api_resource_list(registry, parts[1], parts[2]))
+        return None
+
+    @staticmethod
+    def _or_404(document: Any) -> Any:
+        if document is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return document
+
+    def _openapi(self, parts: list[str]) -> web.Response:
+        if parts[0] == "api" and len(parts) == 2:
+            group, version = "", parts[1]
+        elif parts[0] == "apis" and len(parts) == 3:
+            group, version = parts[1], parts[2]
+        else:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        with self.api.store.lock:
+            return _json(self._or_404(openapi.group_version_document(self.api.registry, group, version)))
+
+    def _target(self, parts: list[str]) -> Target | None:
+        if parts and parts[0] == "api" and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts and parts[0] == "apis" and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        registry = self.api.registry
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3 and registry.get(group, version, rest[2]):
+            namespace, rest = rest[1], rest[2:]
+        rtype = registry.get(group, version, rest[0])
+        if rtype is None or len(rest) > 3 or (namespace and not rtype.namespaced):
+            return None
+        name = rest[1] if len(rest) > 1 else None
+        if name and rtype.namespaced and namespace is None:
+            return None
+        return Target(rtype, namespace, name, rest[2] if len(rest) > 2 else None)
+
+    # --- verbs -------------------------------------------------------------------------------------
+
+    async def _verb(self, request: web.Request, target: Target) -> web.StreamResponse:
+        query = request.query
+        method = request.method
+        api, rtype = self.api, target.rtype
+        strict = query.get("fieldValidation") == "Strict"
+        if target.name is None:
+            if method == "GET" and _truthy(query.get("watch")):
+                return await self._watch(request, target)
+            if method == "GET":
+                listed = api.list(
+                    rtype, target.namespace, query.get("labelSelector"), query.get("fieldSelector")
+                )
+                return self._respond(request, rtype, listed, listed)
+            if method == "POST" and (target.namespace or not rtype.namespaced):
+                return _json(api.create(rtype, target.namespace, await self._body(request), strict), 201)
+            if method == "DELETE":
+                options = await self._delete_options(request)
+                deleted = api.delete_collection(
+                    rtype, target.namespace, query.get("labelSelector"), query.get("fieldSelector"), options
+                )
+                return _json(deleted)
+            raise method_not_allowed()
+        if method == "GET":
+            obj = api.get(rtype, target.namespace, target.name)
+            if target.subresource == "scale":
+                return _json(api.lifecycle.scale_of(obj))
+            return self._respond(request, rtype, obj, None)
+        if method == "PUT":
+            return _json(
+                api.update(
+                    rtype,
+                    target.namespace,
+                    target.name,
+                    await self._body(request),
+                    target.subresource,
+                    strict,
+                )
+            )
+        if method == "PATCH":
+            content_type = request.content_type
+            body = await self._body(request, yaml_ok=content_type == patching.APPLY)
+            manager = query.get("fieldManager", "")
+            return _json(
+                api.patch(
+                    rtype,
+                    target.namespace,
+                    target.name,
+                    content_type,
+                    body,
+                    target.subresource,
+                    manager,
+                    strict,
+                )
+            )
+        if method == "DELETE" and target.subresource is None:
+            return _json(
+                api.delete(rtype, target.namespace, target.name, await self._delete_options(request))
+            )
+        raise method_not_allowed()
+
+    def _respond(self, request: web.Request, rtype: ResourceType, obj: Any, listed: Any) -> web.Response:
+        if not table.wants_table(request.headers.get("Accept", "")):
+            return _json(obj)
+        items = listed["items"] if listed is not None else [obj]
+        meta = {"resourceVersion": listed["metadata"]["resourceVersion"]} if listed is not None else {}
+        return _json(table.table(rtype, items, meta, request.query.get("includeObject", "Metadata")))
+
+    @staticmethod
+    async def _body(request: web.Request, yaml_ok: bool = False) -> Any:
+        raw = await request.read()
+        try:
+            return yaml.safe_load(raw) if yaml_ok else json.loads(raw or b"null")
+        except (ValueError, yaml.YAMLError) as exc:
+            raise bad_request(f"the body of the request could not be decoded: {exc}") from exc
+
+    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+        options = (await self._body(request)) if request.can_read_body else {}
+        options = dict(options or {})
+        if "propagationPolicy" in request.query:
+            options["propagationPolicy"] = request.query["propagationPolicy"]
+        return options
+
+    # --- watch -------------------------------------------------------------------------------------
+
+    async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        query = request.query
+        rtype, namespace = target.rtype, target.namespace
+        by_label, by_field = (
+            label_selector(query.get("labelSelector")),
+            field_selector(query.get("fieldSelector")),
+        )
+
+        def accepts(event: Event) -> bool:
+            in_scope = namespace is None or namespace_of(event.obj) == namespace
+            return event.key == rtype.key and in_scope and by_label(event.obj) and by_field(event.obj)
+
+        watch = Watch(asyncio.get_running_loop(), accepts)
+        since = query.get("resourceVersion") or None
+        send_initial = _truthy(query.get("sendInitialEvents")) or since in (None, "0")
+        store = self.api.store
+        with store.lock:  # the initial state and the subscription are one atomic step
+            initial = (
+                [
+                    Event(store.resource_version, "ADDED", rtype.key, o)
+                    for o in store.list(rtype.key, namespace)
+                    if by_label(o) and by_field(o)
+                ]
+                if send_initial
+                else []
+            )
+            backlog = store.subscribe(watch, None if send_initial else int(since))
+            current_rv = store.resource_version
+        response = web.StreamResponse(headers={"Content-Type": JSON, "Transfer-Encoding": "chunked"})
+        await response.prepare(request)
+        timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            for event in [*initial, *backlog]:
+                await self._send(response, rtype, event.type, event.obj)
+            if _truthy(query.get("sendInitialEvents")) and _truthy(query.get("allowWatchBookmarks")):
+                marker = {
+                    "kind": rtype.kind,
+                    "apiVersion": rtype.group_version,
+                    "metadata": {
+                        "resourceVersion": str(current_rv),
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                }
+                await self._send(response, rtype, "BOOKMARK", marker)
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    event = await asyncio.wait_for(watch.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                await self._send(response, rtype, event.type, event.obj)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            store.unsubscribe(watch)
+        return response
+
+    async def _send(
+        self, response: web.StreamResponse, rtype: ResourceType, event_type: str, obj: dict[str, Any]
+    ) -> None:
+        served = obj if event_type == "BOOKMARK" else self.api.as_version(rtype, obj)
+        await response.write(json.dumps({"type": event_type, "object": served}).encode() + b"\n")

@@ -1,0 +1,115 @@
+"""In-memory object storage: one global resourceVersion counter, an event history for watches that
+start from a resourceVersion, and fan-out of events to live watches on the server's event loop.
+
+Thread-safe (one lock): the server runs in a background thread while tests call into it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import expired
+
+Key = tuple[str, str]  # (group, plural): every version of a resource shares its objects
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    key: Key
+    obj: Obj
+
+
+class Watch:
+    """A live subscription: events matching `accepts` are queued on the watching request's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, accepts: Callable[[Event], bool]):
+        self.loop, self.accepts = loop, accepts
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def offer(self, event: Event) -> None:
+        if self.accepts(event):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+def namespace_of(obj: Obj) -> str | None:
+    return obj.get("metadata", {}).get("namespace") or None
+
+
+class Store:
+    def __init__(self, history: int = 100_000):
+        self.lock = threading.RLock()
+        self._objects: dict[Key, dict[tuple[str | None, str], Obj]] = {}
+        self._rv = 1000  # resourceVersions are opaque strings to clients; start away from 0 and 1
+        self._history: deque[Event] = deque(maxlen=history)
+        self._watches: set[Watch] = set()
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def get(self, key: Key, namespace: str | None, name: str) -> Obj | None:
+        with self.lock:
+            return self._objects.get(key, {}).get((namespace, name))
+
+    def list(self, key: Key, namespace: str | None = None) -> list[Obj]:
+        """Objects of one resource, in one namespace or (None) in all."""
+        with self.lock:
+            found = self._objects.get(key, {}).items()
+            return [
+                obj
+                for (ns, _), obj in sorted(found, key=lambda kv: (kv[0][0] or "", kv[0][1]))
+                if namespace in (None, ns)
+            ]
+
+    def keys(self) -> list[Key]:
+        with self.lock:
+            return [key for key, objects in self._objects.items() if objects]
+
+    def put(self, key: Key, obj: Obj, event_type: str) -> Obj:
+        """Store obj with the next resourceVersion and emit ADDED or MODIFIED."""
+        with self.lock:
+            self._rv += 1
+            obj["metadata"]["resourceVersion"] = str(self._rv)
+            self._objects.setdefault(key, {})[namespace_of(obj), obj["metadata"]["name"]] = obj
+            self._emit(Event(self._rv, event_type, key, copy.deepcopy(obj)))
+            return obj
+
+    def remove(self, key: Key, obj: Obj) -> Obj:
+        """Drop obj and emit DELETED with a fresh resourceVersion, as etcd's delete revision."""
+        with self.lock:
+            self._objects.get(key, {}).pop((namespace_of(obj), obj["metadata"]["name"]), None)
+            self._rv += 1
+            gone = copy.deepcopy(obj)
+            gone["metadata"]["resourceVersion"] = str(self._rv)
+            self._emit(Event(self._rv, "DELETED", key, gone))
+            return gone
+
+    def _emit(self, event: Event) -> None:
+        self._history.append(event)
+        for watch in list(self._watches):
+            watch.offer(event)
+
+    def subscribe(self, watch: Watch, since: int | None) -> list[Event]:
+        """Register watch; return the events after `since` it must replay first (None: none)."""
+        with self.lock:
+            backlog: list[Event] = []
+            if since is not None and since < self._rv:
+                oldest = self._history[0].rv if self._history else self._rv + 1
+                if since < oldest - 1:
+                    raise expired(since)
+                backlog = [e for e in self._history if e.rv > since and watch.accepts(e)]
+            self._watches.add(watch)
+            return backlog
+
+    def unsubscribe(self, watch: Watch) -> None:
+        with self.lock:
+            self._watches.discard(watch)
