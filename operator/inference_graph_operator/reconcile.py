@@ -290,12 +290,18 @@ def conditions(
         if role in by_role and (why := rollout_pending(by_role[role], c["desired"]))
     ]
     progressing = bool(rolling or missing or changed) and problems.spec_error is None
-    progress_cond = _condition(
-        "Progressing",
-        progressing,
-        "RollingOut" if progressing else "Reconciled",
-        "; ".join(rolling) or ("children created or updated" if progressing else "children match the spec"),
-    )
+    if problems.spec_error is not None:
+        progress_cond = _condition(
+            "Progressing", False, "InvalidSpec", "the spec is not applied until it is fixed"
+        )
+    else:
+        progress_cond = _condition(
+            "Progressing",
+            progressing,
+            "RollingOut" if progressing else "Reconciled",
+            "; ".join(rolling)
+            or ("children created or updated" if progressing else "children match the spec"),
+        )
 
     failed = [why for d in deployments if (why := _deployment_failure(d))]
     if problems.spec_error is not None:

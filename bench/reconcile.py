@@ -1,0 +1,234 @@
+"""Reconcile latency of the operator: apply → all children present, for 1 and for 100 graphs.
+
+Against the project's Kubernetes API emulator (tests/kube/emulator; no API server can run
+here), with the real operator as a subprocess (``python -m inference_graph_operator``, kopf
+and the official client) and the real kubectl applying the CRD. Each graph is
+``--config`` (default configs/agg_router.yaml: a ConfigMap, four Deployments, a Service)
+under its own name, created with one POST per graph in a burst (what ``kubectl apply -f``
+of a multi-document file does, without kubectl's per-object discovery cost).
+
+Per graph: the time from its POST's response to the first poll (every ``--poll-ms``) that
+finds all of its children, and to the first poll that finds its status written
+(``observedGeneration`` 1). Per run: the time from the first POST to the last graph
+complete. The operator runs warm: a warm-up graph is reconciled before timing starts.
+The emulator serves from a thread of this process: its CPU competes with the polling and
+the operator on the same cores, as an API server would on a 2-core machine.
+
+    .venv/bin/python bench/reconcile.py                 # 1 and 100 graphs
+    .venv/bin/python bench/reconcile.py --graphs 1,10   # other sizes
+
+Output: a table on stdout, JSON in bench/results/reconcile-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.kube.emulator import EmulatorServer  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+KUBECTL = "kubectl"
+SELECTOR = "app.kubernetes.io/managed-by=inference-graph-operator"
+CHILD_LISTS = (
+    "/api/v1/namespaces/{ns}/configmaps",
+    "/api/v1/namespaces/{ns}/services",
+    "/apis/apps/v1/namespaces/{ns}/deployments",
+)
+GRAPHS = "/apis/inferencegraph.dev/v1alpha1"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--graphs", default="1,100", help="comma-separated graph counts, one run each")
+    p.add_argument("--config", default=str(ROOT / "configs" / "agg_router.yaml"))
+    p.add_argument("--poll-ms", type=float, default=20.0)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    return p.parse_args(argv)
+
+
+def kubeconfig(url: str, directory: Path) -> Path:
+    path = directory / "kubeconfig"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "bench", "user": {"token": "bench"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "bench"}}],
+        "current-context": "emulator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def request(url: str, method: str = "GET", body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def children_by_graph(url: str, namespace: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in CHILD_LISTS:
+        for item in request(f"{url}{path.format(ns=namespace)}?labelSelector={SELECTOR}")["items"]:
+            graph = item["metadata"]["labels"]["app.kubernetes.io/instance"]
+            counts[graph] = counts.get(graph, 0) + 1
+    return counts
+
+
+def graphs_with_status(url: str, namespace: str) -> set[str]:
+    items = request(f"{url}{GRAPHS}/namespaces/{namespace}/inferencegraphs")["items"]
+    return {i["metadata"]["name"] for i in items if (i.get("status") or {}).get("observedGeneration") == 1}
+
+
+def graph_manifest(template: dict, name: str, namespace: str) -> dict:
+    manifest = json.loads(json.dumps(template))
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    return manifest
+
+
+def expected_children(template: dict) -> int:
+    from inference_graph.core.spec import parse_graph
+    from inference_graph_operator.render import Owner, render
+
+    return len(render(parse_graph(graph_manifest(template, "x", "default")), Owner("x", "uid")))
+
+
+def run(url: str, template: dict, count: int, namespace: str, args: argparse.Namespace) -> dict:
+    request(
+        f"{url}/api/v1/namespaces",
+        "POST",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
+    want = expected_children(template)
+    names = [f"g{i:03d}" for i in range(count)]
+    applied: dict[str, float] = {}
+    start = time.perf_counter()
+    for name in names:
+        request(
+            f"{url}{GRAPHS}/namespaces/{namespace}/inferencegraphs",
+            "POST",
+            graph_manifest(template, name, namespace),
+        )
+        applied[name] = time.perf_counter()
+    children_done: dict[str, float] = {}
+    status_done: dict[str, float] = {}
+    deadline = start + args.timeout
+    while len(status_done) < count or len(children_done) < count:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{count} graphs: only {len(children_done)} complete after {args.timeout} s")
+        now = time.perf_counter()
+        counts = children_by_graph(url, namespace)
+        for name in names:
+            if name not in children_done and counts.get(name, 0) >= want:
+                children_done[name] = now
+        for name in graphs_with_status(url, namespace) - status_done.keys():
+            status_done[name] = now
+        time.sleep(args.poll_ms / 1000)  # polling interval of the observer, not synchronisation
+    children = [1000 * (children_done[n] - applied[n]) for n in names]
+    status = [1000 * (status_done[n] - applied[n]) for n in names]
+    return {
+        "graphs": count,
+        "children_per_graph": want,
+        "apply_ms": 1000 * (applied[names[-1]] - start),
+        "all_children_ms": 1000 * (max(children_done.values()) - start),
+        "all_status_ms": 1000 * (max(status_done.values()) - start),
+        "children_ms": summary(children),
+        "status_ms": summary(status),
+    }
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "max": ordered[-1],
+    }
+
+
+def start_operator(config: Path, log_path: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(config),
+        "IG_OPERATOR_LIVENESS": "",
+        "IG_OPERATOR_LOG_LEVEL": "WARNING",
+    }
+    log = log_path.open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "inference_graph_operator"], env=env, stdout=log, stderr=log
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    template = next(
+        d
+        for d in yaml.safe_load_all(Path(args.config).read_text())
+        if d and d.get("kind") == "InferenceGraph"
+    )
+    counts = [int(c) for c in args.graphs.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with EmulatorServer() as server, tempfile.TemporaryDirectory() as tmp:
+        config = kubeconfig(server.url, Path(tmp))
+        env = {**os.environ, "KUBECONFIG": str(config)}
+        subprocess.run(
+            [KUBECTL, "apply", "-f", str(ROOT / "crds" / "inferencegraph.yaml")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        operator = start_operator(config, RESULTS / f"reconcile-{stamp}-operator.log")
+        try:
+            warmup = run(server.url, template, 1, "warmup", args)  # imports, login, watches established
+            rows = [run(server.url, template, count, f"bench-{count}", args) for count in counts]
+        finally:
+            operator.terminate()
+            operator.wait(timeout=30)
+    print_table(rows)
+    out = RESULTS / f"reconcile-{stamp}.json"
+    meta = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "args": vars(args),
+        "api": "tests/kube/emulator (in-process API emulator), not a real API server",
+    }
+    out.write_text(json.dumps({**meta, "warmup": warmup, "runs": rows}, indent=2))
+    print(f"\nJSON: {out.relative_to(ROOT)}")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'graphs':>6} {'children':>8} {'apply ms':>9} {'all children ms':>15} {'all status ms':>13}   per graph children p50/p95/max ms   per graph status p50/p95/max ms"
+    )
+    for r in rows:
+        c, s = r["children_ms"], r["status_ms"]
+        print(
+            f"{r['graphs']:>6} {r['graphs'] * r['children_per_graph']:>8} {r['apply_ms']:>9.0f} {r['all_children_ms']:>15.0f} {r['all_status_ms']:>13.0f}"
+            f"   {c['p50']:>8.0f} {c['p95']:>8.0f} {c['max']:>8.0f}          {s['p50']:>8.0f} {s['p95']:>8.0f} {s['max']:>8.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

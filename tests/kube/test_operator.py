@@ -1,0 +1,399 @@
+"""The real operator (``python -m inference_graph_operator``: kopf + the official client) against the
+API emulator, driven with the real kubectl: create, spec update, drift repair, delete with garbage
+collection, invalid spec, operator restart. Every wait polls a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from inference_graph_operator.render import SPEC_HASH_ANNOTATION
+
+from .common import CONFIGS, ROOT
+
+CRD = ROOT / "crds" / "inferencegraph.yaml"
+SELECTOR = "app.kubernetes.io/managed-by=inference-graph-operator"
+DEADLINE = 30.0  # seconds; a loaded 2-core machine runs five test sessions at once
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)  # polling interval, not synchronisation: the deadline decides
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
+
+
+class Operator:
+    """The operator as a subprocess against the emulator; its log is kept for failure messages."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path):
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Operator:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "IG_OPERATOR_LIVENESS": "",  # tests run side by side: no fixed port
+            "IG_RESYNC_SECONDS": "300",  # repairs must come from watch events, not the timer
+            "IG_RUNTIME_IMAGE": "registry.example/runtime:test",
+        }
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "inference_graph_operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def cluster(kube_api):
+    kube_api.kubectl("apply", "-f", str(CRD))
+    return kube_api
+
+
+@pytest.fixture
+def operator(cluster, tmp_path) -> Iterator[Operator]:
+    op = Operator(cluster.kubeconfig, tmp_path / "operator.log").start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(op.log()[-6000:])  # shown by pytest only when the test fails
+
+
+# ---------------------------------------------------------------- reading the emulated cluster
+
+
+def get(cluster, path: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{cluster.url}{path}", timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise
+
+
+def graph(cluster, name: str, namespace: str = "default") -> dict | None:
+    return get(cluster, f"/apis/inferencegraph.dev/v1alpha1/namespaces/{namespace}/inferencegraphs/{name}")
+
+
+def children(cluster, graph_name: str, namespace: str = "default") -> dict[tuple[str, str], dict]:
+    out = {}
+    for kind, path in (
+        ("ConfigMap", "/api/v1/namespaces/{ns}/configmaps"),
+        ("Service", "/api/v1/namespaces/{ns}/services"),
+        ("Deployment", "/apis/apps/v1/namespaces/{ns}/deployments"),
+    ):
+        listing = get(cluster, f"{path.format(ns=namespace)}?labelSelector={SELECTOR}") or {"items": []}
+        for item in listing["items"]:
+            if item["metadata"]["labels"].get("app.kubernetes.io/instance") == graph_name:
+                out[(kind, item["metadata"]["name"])] = item
+    return out
+
+
+def deployment(cluster, name: str, namespace: str = "default") -> dict | None:
+    return get(cluster, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+
+
+def condition(ig: dict | None, kind: str) -> dict:
+    return next(
+        (c for c in ((ig or {}).get("status") or {}).get("conditions") or [] if c["type"] == kind), {}
+    )
+
+
+def manifest_of(path: Path) -> dict:
+    return next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "InferenceGraph")
+
+
+def expected_children(manifest: dict) -> set[tuple[str, str]]:
+    name = manifest["metadata"]["name"]
+    roles = [role for role, entry in manifest["spec"]["services"].items() if entry is not None]
+    return {
+        ("ConfigMap", f"{name}-graph"),
+        ("Service", f"{name}-frontend"),
+        *(("Deployment", f"{name}-{role}") for role in ["frontend", "processor", *roles]),
+    }
+
+
+DISAGG = {
+    "apiVersion": "inferencegraph.dev/v1alpha1",
+    "kind": "InferenceGraph",
+    "metadata": {"name": "pd"},
+    "spec": {
+        "model": {"name": "tiny", "source": "builtin://tiny"},
+        "engine": {"type": "mocker"},
+        "disaggregation": {"enabled": True},
+        "services": {"decode": {"replicas": 2}, "prefill": {"replicas": 1}},
+    },
+}
+
+
+def apply(cluster, manifest: dict) -> None:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def converged(cluster, name: str, want: set[tuple[str, str]]) -> Callable[[], dict | None]:
+    """The graph's children are exactly ``want`` and its status describes its current generation."""
+
+    def check() -> dict | None:
+        ig = graph(cluster, name)
+        status = (ig or {}).get("status") or {}
+        if ig is None or status.get("observedGeneration") != ig["metadata"]["generation"]:
+            return None
+        return ig if set(children(cluster, name)) == want else None
+
+    return check
+
+
+# ---------------------------------------------------------------- create
+
+
+def test_create_every_config_children_status_and_printer_columns(cluster, operator):
+    manifests = [manifest_of(path) for path in CONFIGS]
+    cluster.kubectl("apply", *(arg for path in CONFIGS for arg in ("-f", str(path))))
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        want = expected_children(manifest)
+        ig = wait_for(converged(cluster, name, want), f"{name}'s children and status")
+        uid = ig["metadata"]["uid"]
+        for (kind, child), obj in children(cluster, name).items():
+            (ref,) = obj["metadata"]["ownerReferences"]
+            assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+                "InferenceGraph",
+                name,
+                uid,
+                True,
+            ), (
+                kind,
+                child,
+            )
+        status = ig["status"]
+        assert status["phase"] == "Progressing"  # nothing is ready: the emulator runs no pods yet
+        assert status["endpoint"] == f"http://{name}-frontend.default.svc:8000"
+        assert condition(ig, "Ready")["status"] == "False"
+
+    cluster.set_deployments_ready("default")  # the Deployment controller reports every pod ready
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        ig = wait_for(
+            lambda name=name: graph(cluster, name)["status"]["phase"] == "Ready" and graph(cluster, name),
+            f"{name} Ready",
+        )
+        total = sum(s["desired"] for s in ig["status"]["services"].values())
+        assert ig["status"]["ready"] == f"{total}/{total}"
+        assert condition(ig, "Ready")["reason"] == "AllRolesReady"
+        assert condition(ig, "Progressing")["status"] == condition(ig, "Degraded")["status"] == "False"
+
+    table = cluster.kubectl("get", "ig").stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "READY", "ENDPOINT", "AGE"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        total = sum(s["desired"] for s in graph(cluster, name)["status"]["services"].values())
+        assert rows[name][1:4] == ["Ready", f"{total}/{total}", f"http://{name}-frontend.default.svc:8000"]
+    wide = cluster.kubectl("get", "ig", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[:7] == ["NAME", "PHASE", "READY", "FRONTEND", "PROCESSOR", "DECODE", "PREFILL"]
+
+
+# ---------------------------------------------------------------- spec update
+
+
+def test_spec_update_rolls_only_the_affected_role(cluster, operator):
+    apply(cluster, DISAGG)
+    want = expected_children(DISAGG)
+    wait_for(converged(cluster, "pd", want), "pd created")
+    before = children(cluster, "pd")
+
+    changed = json.loads(json.dumps(DISAGG))
+    changed["spec"]["services"]["prefill"]["env"] = {"EXTRA": "1"}
+    changed["spec"]["services"]["decode"]["replicas"] = 3
+    apply(cluster, changed)
+
+    def rolled() -> dict | None:
+        prefill = deployment(cluster, "pd-prefill")
+        decode = deployment(cluster, "pd-decode")
+        ok = prefill["metadata"]["generation"] > 1 and decode["spec"]["replicas"] == 3
+        return children(cluster, "pd") if ok else None
+
+    after = wait_for(rolled, "prefill's new template and decode's new replica count")
+    wait_for(converged(cluster, "pd", want), "status of generation 2")
+
+    def template(objs, name):
+        return objs[("Deployment", name)]["spec"]["template"]
+
+    assert template(before, "pd-prefill") != template(after, "pd-prefill")  # a rollout of prefill
+    env = template(after, "pd-prefill")["spec"]["containers"][0]["env"]
+    assert {"name": "EXTRA", "value": "1"} in env
+    # decode scaled without a rollout: same pod template, same hash
+    assert template(after, "pd-decode") == template(before, "pd-decode")
+    for role in ("frontend", "processor"):  # untouched roles: not even written
+        assert (
+            after[("Deployment", f"pd-{role}")]["metadata"]["resourceVersion"]
+            == (before[("Deployment", f"pd-{role}")]["metadata"]["resourceVersion"])
+        )
+    hashes = {
+        name: template(after, name)["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        for name in ("pd-decode", "pd-prefill")
+    }
+    assert (
+        hashes["pd-decode"] == template(before, "pd-decode")["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    )
+    assert graph(cluster, "pd")["status"]["services"]["decode"]["desired"] == 3
+
+
+def test_a_removed_role_loses_its_deployment(cluster, operator):
+    apply(cluster, DISAGG)
+    wait_for(converged(cluster, "pd", expected_children(DISAGG)), "pd created")
+    aggregated = json.loads(json.dumps(DISAGG))
+    aggregated["spec"]["disaggregation"]["enabled"] = False
+    del aggregated["spec"]["services"]["prefill"]
+    cluster.kubectl("replace", "-f", "-", input=yaml.safe_dump(aggregated))
+    ig = wait_for(converged(cluster, "pd", expected_children(aggregated)), "pd-prefill deleted")
+    assert "prefill" not in ig["status"]["services"]
+
+
+# ---------------------------------------------------------------- drift repair
+
+
+def test_hand_edits_and_deletions_of_children_are_undone(cluster, operator):
+    apply(cluster, DISAGG)
+    want = expected_children(DISAGG)
+    wait_for(converged(cluster, "pd", want), "pd created")
+    before = children(cluster, "pd")
+
+    cluster.kubectl("scale", "deployment", "pd-decode", "--replicas=5")
+    wait_for(lambda: deployment(cluster, "pd-decode")["spec"]["replicas"] == 2, "decode scaled back to 2")
+
+    cluster.kubectl("set", "env", "deployment/pd-prefill", "HACK=1")
+    wait_for(
+        lambda: all(
+            e["name"] != "HACK"
+            for e in deployment(cluster, "pd-prefill")["spec"]["template"]["spec"]["containers"][0]["env"]
+        ),
+        "prefill env restored",
+    )
+
+    cluster.kubectl("delete", "deployment", "pd-frontend")
+    cluster.kubectl("delete", "configmap", "pd-graph")
+    cluster.kubectl("delete", "service", "pd-frontend")
+    recreated = [("Deployment", "pd-frontend"), ("ConfigMap", "pd-graph"), ("Service", "pd-frontend")]
+
+    def all_back() -> dict | None:
+        objs = children(cluster, "pd")
+        new = set(objs) == want and all(
+            objs[k]["metadata"]["uid"] != before[k]["metadata"]["uid"] for k in recreated
+        )
+        return objs if new else None
+
+    after = wait_for(all_back, "deleted children created again")
+    assert after[("ConfigMap", "pd-graph")]["data"] == before[("ConfigMap", "pd-graph")]["data"]
+    assert (
+        after[("Deployment", "pd-decode")]["metadata"]["uid"]
+        == before[("Deployment", "pd-decode")]["metadata"]["uid"]
+    )
+
+
+# ---------------------------------------------------------------- delete
+
+
+def test_deleting_the_graph_garbage_collects_its_children(cluster, operator):
+    apply(cluster, DISAGG)
+    wait_for(converged(cluster, "pd", expected_children(DISAGG)), "pd created")
+    cluster.kubectl("delete", "ig", "pd", "--wait=true")
+    wait_for(lambda: not children(cluster, "pd"), "children garbage-collected")
+    assert graph(cluster, "pd") is None
+    assert "Traceback" not in operator.log()
+
+
+# ---------------------------------------------------------------- invalid spec
+
+
+def test_invalid_spec_names_the_field_and_creates_nothing(cluster, operator):
+    invalid = json.loads(json.dumps(DISAGG))
+    invalid["spec"]["disaggregation"]["enabled"] = False  # prefill without disaggregation: schema-valid
+    apply(cluster, invalid)
+    ig = wait_for(
+        lambda: (g := graph(cluster, "pd")) and (g.get("status") or {}).get("phase") and g, "pd status"
+    )
+    degraded = condition(ig, "Degraded")
+    assert ig["status"]["phase"] == "Failed"
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    assert "services.prefill" in degraded["message"] and "disaggregation.enabled" in degraded["message"]
+    assert children(cluster, "pd") == {}
+    printed = cluster.kubectl("get", "ig", "pd").stdout.splitlines()[1].split()
+    assert printed[1] == "Failed"
+
+    apply(cluster, DISAGG)  # fixed: everything appears
+    wait_for(converged(cluster, "pd", expected_children(DISAGG)), "pd created after the fix")
+    running = children(cluster, "pd")
+    apply(
+        cluster,
+        {**invalid, "spec": {**invalid["spec"], "services": {"decode": {"replicas": 9}, "prefill": {}}}},
+    )
+    ig = wait_for(
+        lambda: (g := graph(cluster, "pd"))["status"]["observedGeneration"] == 3 and g, "generation 3 seen"
+    )
+    assert condition(ig, "Degraded")["reason"] == "InvalidSpec"
+    assert {k: v["metadata"]["resourceVersion"] for k, v in children(cluster, "pd").items()} == {
+        k: v["metadata"]["resourceVersion"] for k, v in running.items()
+    }  # an invalid update changes nothing that runs
+
+
+# ---------------------------------------------------------------- restart
+
+
+def test_operator_restart_converges_without_duplicates(cluster, operator):
+    apply(cluster, DISAGG)
+    want = expected_children(DISAGG)
+    wait_for(converged(cluster, "pd", want), "pd created")
+    before = children(cluster, "pd")
+
+    operator.stop()
+    cluster.kubectl("delete", "deployment", "pd-prefill")  # while nobody watches
+    scaled = json.loads(json.dumps(DISAGG))
+    scaled["spec"]["services"]["decode"]["replicas"] = 4
+    apply(cluster, scaled)
+    other = {**DISAGG, "metadata": {"name": "second"}}
+    apply(cluster, other)
+    operator.start()
+
+    wait_for(converged(cluster, "pd", want), "pd converged after the restart")
+    wait_for(converged(cluster, "second", expected_children(other)), "a graph made while down is created")
+    after = children(cluster, "pd")
+    assert deployment(cluster, "pd-decode")["spec"]["replicas"] == 4
+    for key in want - {("Deployment", "pd-prefill")}:  # the same objects, adopted, not new ones
+        assert after[key]["metadata"]["uid"] == before[key]["metadata"]["uid"], key
+    all_deployments = get(cluster, f"/apis/apps/v1/deployments?labelSelector={SELECTOR}")["items"]
+    names = [d["metadata"]["name"] for d in all_deployments]
+    assert len(names) == len(set(names)) == 8
