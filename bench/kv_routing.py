@@ -38,7 +38,6 @@ import datetime as dt
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -51,6 +50,9 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "services"))
 
 from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, free_port  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import request_path  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,7 +126,9 @@ def capacity_check(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- graph
 
 
-class Graph:
+class Graph(request_path.Graph):
+    """One launcher run of the benchmark's graph; ``stop`` is the request-path benchmark's."""
+
     def __init__(self, args: argparse.Namespace, strategy: str, infra: dict[str, str]) -> None:
         kv = strategy.startswith("kv")
         self.name = f"kvbench-{strategy}"
@@ -170,21 +174,6 @@ class Graph:
             time.sleep(0.3)  # polling /health, with a deadline
         self.stop()
         raise SystemExit(f"graph not ready within {timeout:.0f} s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        self.proc = None
-        self._logf.close()
 
 
 def health(url: str) -> bool:
