@@ -11,8 +11,10 @@ import threading
 import time
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
 
 from .common import CONFIGS, ROOT
 
@@ -119,10 +121,14 @@ def watch_events(
     kwargs = {"resource_version": resource_version} if resource_version else {}
 
     def run():
-        for event in stream.stream(core.list_namespaced_config_map, namespace, timeout_seconds=30, **kwargs):
-            events.put(
-                (event["type"], event["object"].metadata.name, event["object"].metadata.resource_version)
-            )
+        try:
+            for event in stream.stream(
+                core.list_namespaced_config_map, namespace, timeout_seconds=30, **kwargs
+            ):
+                meta = event["object"].metadata
+                events.put((event["type"], meta.name, meta.resource_version))
+        except urllib3.exceptions.ProtocolError:
+            pass  # the test ended and its server went away mid-stream
 
     threading.Thread(target=run, daemon=True).start()
     return events, stream
@@ -138,3 +144,377 @@ def test_watch_streams_added_modified_deleted(core):
     seen = [events.get(timeout=10)[:2] for _ in range(3)]
     stream.stop()
     assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+
+
+def test_watch_from_a_resource_version_replays_what_came_after(core):
+    core.create_namespaced_config_map("default", {"metadata": {"name": "before"}})
+    mark = core.list_namespaced_config_map("default").metadata.resource_version
+    core.create_namespaced_config_map("default", {"metadata": {"name": "after"}})
+    events, stream = watch_events(core, "default", mark)
+    first = events.get(timeout=10)
+    stream.stop()
+    assert first[:2] == ("ADDED", "after")
+    assert int(first[2]) > int(mark)
+
+
+def status_of(exc: ApiException) -> dict:
+    body = yaml.safe_load(exc.body)
+    assert body["kind"] == "Status" and body["status"] == "Failure"
+    return body
+
+
+def test_errors_are_status_objects(core):
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("nope", "default")
+    assert missing.value.status == 404
+    assert status_of(missing.value)["message"] == 'configmaps "nope" not found'
+
+    with pytest.raises(ApiException) as no_namespace:
+        core.create_namespaced_config_map("ghost", {"metadata": {"name": "a"}})
+    assert no_namespace.value.status == 404
+    assert status_of(no_namespace.value)["message"] == 'namespaces "ghost" not found'
+
+    core.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    with pytest.raises(ApiException) as duplicate:
+        core.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    assert (duplicate.value.status, status_of(duplicate.value)["reason"]) == (409, "AlreadyExists")
+
+
+def test_stale_resource_version_conflicts(core):
+    created = core.create_namespaced_config_map("default", {"metadata": {"name": "a"}, "data": {"k": "1"}})
+    core.patch_namespaced_config_map("a", "default", {"data": {"k": "2"}})
+    stale = created.to_dict()
+    stale["data"] = {"k": "3"}
+    with pytest.raises(ApiException) as put:
+        core.replace_namespaced_config_map(
+            "a",
+            "default",
+            {
+                "metadata": {"name": "a", "resourceVersion": created.metadata.resource_version},
+                "data": {"k": "3"},
+            },
+        )
+    assert (put.value.status, status_of(put.value)["reason"]) == (409, "Conflict")
+    with pytest.raises(ApiException) as patch:
+        core.patch_namespaced_config_map(
+            "a",
+            "default",
+            {"metadata": {"resourceVersion": created.metadata.resource_version}, "data": {"k": "3"}},
+        )
+    assert patch.value.status == 409
+    assert core.read_namespaced_config_map("a", "default").data == {"k": "2"}
+
+
+def test_no_op_writes_keep_the_resource_version(core):
+    created = core.create_namespaced_config_map("default", {"metadata": {"name": "a"}, "data": {"k": "1"}})
+    same = core.patch_namespaced_config_map("a", "default", {"data": {"k": "1"}})
+    assert same.metadata.resource_version == created.metadata.resource_version
+
+
+def test_finalizers_hold_deletion_until_removed(core):
+    core.create_namespaced_config_map("default", {"metadata": {"name": "held", "finalizers": ["test/hold"]}})
+    core.delete_namespaced_config_map("held", "default")
+    marked = core.read_namespaced_config_map("held", "default")
+    assert marked.metadata.deletion_timestamp is not None
+    assert marked.metadata.finalizers == ["test/hold"]
+    core.patch_namespaced_config_map("held", "default", {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_config_map("held", "default")
+    assert gone.value.status == 404
+
+
+def owned_by(owner, name: str, **extra) -> dict:
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": owner.metadata.name, "uid": owner.metadata.uid}
+    return {"metadata": {"name": name, "ownerReferences": [ref], **extra}}
+
+
+def names(core, namespace: str = "default") -> set[str]:
+    return {cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items}
+
+
+def test_garbage_collection_background_orphan_foreground(core):
+    owner = core.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    core.create_namespaced_config_map("default", owned_by(owner, "child"))
+    core.delete_namespaced_config_map("owner", "default")
+    assert "child" not in names(core)
+
+    owner = core.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    core.create_namespaced_config_map("default", owned_by(owner, "orphan"))
+    core.delete_namespaced_config_map("owner", "default", propagation_policy="Orphan")
+    assert core.read_namespaced_config_map("orphan", "default").metadata.owner_references is None
+
+    owner = core.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    core.create_namespaced_config_map("default", owned_by(owner, "slow", finalizers=["test/hold"]))
+    core.delete_namespaced_config_map("owner", "default", propagation_policy="Foreground")
+    waiting = core.read_namespaced_config_map("owner", "default")  # waits for its dependent
+    assert "foregroundDeletion" in waiting.metadata.finalizers
+    core.patch_namespaced_config_map("slow", "default", {"metadata": {"finalizers": None}})
+    assert {"owner", "slow"}.isdisjoint(names(core))
+
+
+def test_deployment_replicaset_pod_chain_is_collected(kube_api):
+    with kube_api.client() as api_client:
+        apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+        template = {
+            "metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        }
+        spec = {"selector": {"matchLabels": {"app": "x"}}, "template": template}
+        deployment = apps.create_namespaced_deployment("default", {"metadata": {"name": "x"}, "spec": spec})
+        ref = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "x",
+            "uid": deployment.metadata.uid,
+            "controller": True,
+        }
+        rs = apps.create_namespaced_replica_set(
+            "default", {"metadata": {"name": "x-1", "ownerReferences": [ref]}, "spec": spec}
+        )
+        ref = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "x-1",
+            "uid": rs.metadata.uid,
+            "controller": True,
+        }
+        core.create_namespaced_pod(
+            "default", {"metadata": {"name": "x-1-a", "ownerReferences": [ref]}, "spec": template["spec"]}
+        )
+        apps.delete_namespaced_deployment("x", "default")
+        assert apps.list_namespaced_replica_set("default").items == []
+        assert core.list_namespaced_pod("default").items == []
+
+
+def test_generation_follows_spec_only(with_crd):
+    with_crd.kubectl("apply", "-f", str(CONFIGS[0]))
+    name = load(CONFIGS[0])["metadata"]["name"]
+    with with_crd.client() as api_client:
+        custom = client.CustomObjectsApi(api_client)
+
+        def read() -> dict:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, name, {"metadata": {"labels": {"a": "b"}}}
+        )
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, "default", PLURAL, name, {"status": {"phase": "Pending"}}
+        )
+        assert read()["metadata"]["generation"] == 1
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, name, {"spec": {"services": {"decode": {"replicas": 2}}}}
+        )
+        assert read()["metadata"]["generation"] == 2
+        # the main resource ignores status; /status ignores everything else
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, name, {"status": {"phase": "Hacked"}}
+        )
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, "default", PLURAL, name, {"spec": {"services": {"decode": {"replicas": 5}}}}
+        )
+        graph = read()
+        assert graph["status"]["phase"] == "Pending"
+        assert graph["spec"]["services"]["decode"]["replicas"] == 2
+
+
+def test_invalid_patch_is_rejected_with_the_field(with_crd):
+    with_crd.kubectl("apply", "-f", str(CONFIGS[0]))
+    name = load(CONFIGS[0])["metadata"]["name"]
+    result = with_crd.kubectl(
+        "patch", "ig", name, "--type=merge", "-p", '{"spec": {"engine": {"type": "tgi"}}}', check=False
+    )
+    assert result.returncode != 0
+    assert 'spec.engine.type: Unsupported value: "tgi"' in result.stderr
+
+
+def test_selectors(core):
+    for name, labels in (
+        ("a", {"tier": "web", "env": "prod"}),
+        ("b", {"tier": "db", "env": "prod"}),
+        ("c", {"tier": "web"}),
+    ):
+        core.create_namespaced_config_map("default", {"metadata": {"name": name, "labels": labels}})
+
+    def selected(**kwargs) -> list[str]:
+        return sorted(cm.metadata.name for cm in core.list_namespaced_config_map("default", **kwargs).items)
+
+    assert selected(label_selector="tier=web") == ["a", "c"]
+    assert selected(label_selector="tier in (web,db),env") == ["a", "b"]
+    assert selected(label_selector="tier notin (db),!env") == ["c"]
+    assert selected(label_selector="env!=prod") == ["c"]
+    assert selected(field_selector="metadata.name=b") == ["b"]
+    assert selected(field_selector="metadata.namespace=default,metadata.name!=a") == ["b", "c"]
+
+
+def test_strategic_merge_patch_merges_containers_and_env_by_name(kube_api):
+    containers = [
+        {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
+        {"name": "sidecar", "image": "side:1"},
+    ]
+    spec = {
+        "selector": {"matchLabels": {"app": "x"}},
+        "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": containers}},
+    }
+    with kube_api.client() as api_client:
+        apps = client.AppsV1Api(api_client)
+        apps.create_namespaced_deployment("default", {"metadata": {"name": "x"}, "spec": spec})
+        patch = {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "app", "image": "app:2", "env": [{"name": "B", "value": "3"}]}
+                        ]
+                    }
+                }
+            }
+        }
+        patched = apps.patch_namespaced_deployment("x", "default", patch)  # the client sends strategic merge
+    app, sidecar = patched.spec.template.spec.containers
+    assert (app.image, sidecar.image) == ("app:2", "side:1")
+    assert [(e.name, e.value) for e in app.env] == [("A", "1"), ("B", "3")]
+
+
+def test_server_side_apply_creates_updates_and_drops_unapplied_fields(kube_api):
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "ssa"},
+        "data": {"a": "1", "b": "2"},
+    }
+    kube_api.kubectl(
+        "apply", "--server-side", "--field-manager=tester", "-f", "-", input=yaml.safe_dump(manifest)
+    )
+    del manifest["data"]["b"]
+    manifest["data"]["c"] = "3"
+    kube_api.kubectl(
+        "apply", "--server-side", "--field-manager=tester", "-f", "-", input=yaml.safe_dump(manifest)
+    )
+    stored = yaml.safe_load(
+        kube_api.kubectl("get", "cm", "ssa", "-o", "yaml", "--show-managed-fields").stdout
+    )
+    assert stored["data"] == {"a": "1", "c": "3"}
+    (entry,) = stored["metadata"]["managedFields"]
+    assert (entry["manager"], entry["operation"]) == ("tester", "Apply")
+
+
+def test_json_patch(kube_api):
+    kube_api.kubectl("create", "configmap", "a", "--from-literal=k=1")
+    ops = '[{"op": "test", "path": "/data/k", "value": "1"}, {"op": "replace", "path": "/data/k", "value": "2"}]'
+    kube_api.kubectl("patch", "cm", "a", "--type=json", "-p", ops)
+    assert kube_api.kubectl("get", "cm", "a", "-o", "jsonpath={.data.k}").stdout == "2"
+    failed = kube_api.kubectl(
+        "patch", "cm", "a", "--type=json", "-p", ops, check=False
+    )  # the test op fails now
+    assert failed.returncode != 0
+
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: "nginx:1.27"}]}
+"""
+
+
+def test_scale_subresource_and_ready_deployments(kube_api):
+    kube_api.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+    out = kube_api.kubectl("get", "deploy", "web").stdout.splitlines()
+    assert out[0].split()[:2] == ["NAME", "READY"] and out[1].split()[1] == "0/2"
+    kube_api.kubectl("scale", "deployment", "web", "--replicas=3")
+    (ready,) = kube_api.set_deployments_ready()
+    assert ready["status"] | {"conditions": None} == {
+        "observedGeneration": 2,
+        "replicas": 3,
+        "updatedReplicas": 3,
+        "readyReplicas": 3,
+        "availableReplicas": 3,
+        "conditions": None,
+    }
+    kube_api.kubectl("rollout", "status", "deployment/web", "--timeout=10s")
+
+
+def test_auto_ready_follows_every_spec_change(kube_api):
+    kube_api.auto_ready_deployments = True
+    kube_api.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+    with kube_api.client() as api_client:
+        apps = client.AppsV1Api(api_client)
+        wait_for(
+            lambda: (apps.read_namespaced_deployment("web", "default").status.ready_replicas or 0) == 2,
+            what="2 ready",
+        )
+        apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 4}})
+        wait_for(
+            lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas == 4,
+            what="4 ready",
+        )
+
+
+def test_crd_lifecycle_registers_and_unregisters_the_resource(with_crd):
+    with_crd.kubectl("apply", "-f", str(CONFIGS[0]))
+    assert "inferencegraphs" in with_crd.kubectl("api-resources", "--api-group=inferencegraph.dev").stdout
+    with_crd.kubectl("delete", "-f", str(CRD))
+    result = with_crd.kubectl("get", "ig", check=False)
+    assert result.returncode != 0 and 'the server doesn\'t have a resource type "ig"' in result.stderr
+
+
+def test_namespace_deletion_takes_its_contents(core):
+    core.create_namespace({"metadata": {"name": "tmp"}})
+    core.create_namespaced_config_map("tmp", {"metadata": {"name": "a"}})
+    core.delete_namespace("tmp")
+    assert "tmp" not in {ns.metadata.name for ns in core.list_namespace().items}
+    assert core.list_config_map_for_all_namespaces(field_selector="metadata.namespace=tmp").items == []
+
+
+def test_discovery_lists_builtin_kinds_with_subresources(kube_api):
+    resources = kube_api.kubectl("api-resources", "-o", "wide").stdout
+    for line in ("deployments ", "statefulsets ", "clusterroles ", "customresourcedefinitions "):
+        assert line in resources
+    with kube_api.client() as api_client:
+        apps = client.ApisApi(api_client).get_api_versions()
+        assert "apps" in {g.name for g in apps.groups}
+        listed = client.AppsV1Api(api_client).get_api_resources()
+    names_ = {r.name for r in listed.resources}
+    assert {"deployments", "deployments/status", "deployments/scale"} <= names_
+    deployments = next(r for r in listed.resources if r.name == "deployments")
+    assert (
+        deployments.short_names == ["deploy"] and "all" in deployments.categories and deployments.namespaced
+    )
+
+
+def test_service_monitor_is_served_only_once_its_crd_exists(kube_api):
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {
+                "kind": "ServiceMonitor",
+                "listKind": "ServiceMonitorList",
+                "plural": "servicemonitors",
+                "singular": "servicemonitor",
+                "categories": ["prometheus-operator"],
+            },
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
+    assert kube_api.kubectl("get", "servicemonitors", check=False).returncode != 0
+    kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd))
+    assert "No resources found" in kube_api.kubectl("get", "servicemonitors").stderr

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, openapi, patching, table
+from . import discovery, openapi, patching, protobuf, table
 from .api import Api
 from .errors import ApiError, bad_request, method_not_allowed
 from .resources import ResourceType
@@ -191,6 +191,8 @@ class Handlers:
     @staticmethod
     async def _body(request: web.Request, yaml_ok: bool = False) -> Any:
         raw = await request.read()
+        if request.content_type == protobuf.MEDIA_TYPE:
+            return protobuf.decode(raw)
         try:
             return yaml.safe_load(raw) if yaml_ok else json.loads(raw or b"null")
         except (ValueError, yaml.YAMLError) as exc:
