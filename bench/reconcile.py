@@ -110,7 +110,15 @@ def expected_children(template: dict) -> int:
     return len(render(parse_graph(graph_manifest(template, "x", "default")), Owner("x", "uid")))
 
 
-def run(url: str, template: dict, count: int, namespace: str, args: argparse.Namespace) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(
+    url: str, template: dict, count: int, namespace: str, args: argparse.Namespace, operator_pid: int
+) -> dict:
     request(
         f"{url}/api/v1/namespaces",
         "POST",
@@ -119,6 +127,7 @@ def run(url: str, template: dict, count: int, namespace: str, args: argparse.Nam
     want = expected_children(template)
     names = [f"g{i:03d}" for i in range(count)]
     applied: dict[str, float] = {}
+    cpu_before = cpu_seconds(operator_pid), time.process_time()
     start = time.perf_counter()
     for name in names:
         request(
@@ -141,6 +150,10 @@ def run(url: str, template: dict, count: int, namespace: str, args: argparse.Nam
         for name in graphs_with_status(url, namespace) - status_done.keys():
             status_done[name] = now
         time.sleep(args.poll_ms / 1000)  # polling interval of the observer, not synchronisation
+    operator_cpu, emulator_cpu = (
+        cpu_seconds(operator_pid) - cpu_before[0],
+        time.process_time() - cpu_before[1],
+    )
     children = [1000 * (children_done[n] - applied[n]) for n in names]
     status = [1000 * (status_done[n] - applied[n]) for n in names]
     return {
@@ -151,6 +164,8 @@ def run(url: str, template: dict, count: int, namespace: str, args: argparse.Nam
         "all_status_ms": 1000 * (max(status_done.values()) - start),
         "children_ms": summary(children),
         "status_ms": summary(status),
+        "operator_cpu_s": operator_cpu,
+        "emulator_and_poller_cpu_s": emulator_cpu,
     }
 
 
@@ -197,8 +212,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         operator = start_operator(config, RESULTS / f"reconcile-{stamp}-operator.log")
         try:
-            warmup = run(server.url, template, 1, "warmup", args)  # imports, login, watches established
-            rows = [run(server.url, template, count, f"bench-{count}", args) for count in counts]
+            # imports, login, watches established
+            warmup = run(server.url, template, 1, "warmup", args, operator.pid)
+            rows = [
+                run(server.url, template, count, f"bench-{count}", args, operator.pid) for count in counts
+            ]
         finally:
             operator.terminate()
             operator.wait(timeout=30)
@@ -227,6 +245,7 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{r['graphs']:>6} {r['graphs'] * r['children_per_graph']:>8} {r['apply_ms']:>9.0f} {r['all_children_ms']:>15.0f} {r['all_status_ms']:>13.0f}"
             f"   {c['p50']:>8.0f} {c['p95']:>8.0f} {c['max']:>8.0f}          {s['p50']:>8.0f} {s['p95']:>8.0f} {s['max']:>8.0f}"
+            f"   {r['operator_cpu_s']:>8.2f} / {r['emulator_and_poller_cpu_s']:.2f}"
         )
 
 

@@ -16,6 +16,8 @@ from .kube import RestKubeApi
 def main(argv: list[str] | None = None) -> None:
     config = OperatorConfig.load(argv)
     logging.basicConfig(level=config.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.level > logging.DEBUG:  # kopf logs every handler call at INFO; ours log what was done
+        logging.getLogger("kopf.objects").setLevel(max(config.level, logging.WARNING))
     logging.getLogger("inference_graph_operator").info("config: %s", config.describe())
     try:
         api = RestKubeApi.from_environment()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import inference_graph_operator
 from inference_graph.core.spec import Role, parse_graph
+from inference_graph_operator.config import DEFAULT_LIVENESS, OperatorConfig
 from inference_graph_operator.controller import GraphController
+from inference_graph_operator.handlers import controlling_graph
 from inference_graph_operator.kube import ApiError
 from inference_graph_operator.reconcile import (
     Desired,
@@ -397,3 +402,33 @@ async def test_requests_during_a_pass_collapse_into_one_more_pass():
     controller.reconcile = counting
     await asyncio.gather(*(controller.request("ns", "g") for _ in range(6)))
     assert 1 <= len(passes) <= 2
+
+
+# ---------------------------------------------------------------- process settings and kopf glue
+
+
+def test_operator_config_from_env_and_flags():
+    env = {"IG_WATCH_NAMESPACE": "serving", "IG_RESYNC_SECONDS": "15", "IG_RUNTIME_IMAGE": "r/i:2"}
+    config = OperatorConfig.load([], env)
+    assert (config.namespace, config.resync_seconds, config.liveness) == ("serving", 15.0, DEFAULT_LIVENESS)
+    assert config.defaults.image == "r/i:2"
+    flags = OperatorConfig.load(["--namespace", "", "--liveness", "", "--log-level", "debug"], env)
+    assert (flags.namespace, flags.liveness, flags.log_level) == ("", "", "DEBUG")
+    with pytest.raises(SystemExit):
+        OperatorConfig.load(["--resync-seconds", "0"], {})
+
+
+def test_every_setting_the_chart_passes_is_read_by_the_operator():
+    template = (Path(__file__).parents[2] / "charts/dynamo/templates/operator.yaml").read_text()
+    passed = set(re.findall(r"- name: (IG_[A-Z_]+)", template))
+    package = Path(inference_graph_operator.__file__).parent
+    sources = (package / "config.py").read_text() + (package / "render.py").read_text()
+    assert passed and all(f'"{name}"' in sources for name in passed), passed
+
+
+def test_a_child_event_finds_its_graph_by_the_controller_reference():
+    child = rendered().children[1]
+    assert controlling_graph(child) == "g"
+    child["metadata"]["ownerReferences"][0]["controller"] = False
+    assert controlling_graph(child) is None
+    assert controlling_graph({"metadata": {}}) is None
