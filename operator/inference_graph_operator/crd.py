@@ -229,7 +229,7 @@ def custom_resource_definition() -> dict[str, Any]:
             "integer",
             priority=1,
         )
-        for role in (Role.FRONTEND, Role.PROCESSOR, Role.DECODE, Role.PREFILL)
+        for role in (Role.FRONTEND, Role.PROCESSOR, Role.ROUTER, Role.DECODE, Role.PREFILL)
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -223,7 +223,16 @@ def test_create_every_config_children_status_and_printer_columns(cluster, operat
         total = sum(s["desired"] for s in graph(cluster, name)["status"]["services"].values())
         assert rows[name][1:4] == ["Ready", f"{total}/{total}", f"http://{name}-frontend.default.svc:8000"]
     wide = cluster.kubectl("get", "ig", "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[:7] == ["NAME", "PHASE", "READY", "FRONTEND", "PROCESSOR", "DECODE", "PREFILL"]
+    assert wide[0].split()[:8] == [
+        "NAME",
+        "PHASE",
+        "READY",
+        "FRONTEND",
+        "PROCESSOR",
+        "ROUTER",
+        "DECODE",
+        "PREFILL",
+    ]
 
 
 # ---------------------------------------------------------------- spec update
