@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import wire
+from .kv_transfer import KvTransfer
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,19 @@ class EngineLoad:
 
 class Engine(Protocol):
     info: EngineInfo
+    kv_transfer: KvTransfer | None  # set when the engine can run PREFILL/DECODE phases (disaggregation)
 
     async def start(self) -> None:
         """Load the model; ``info`` is valid afterwards."""
 
     def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
         """Stream outputs. Closing the iterator early (``aclose`` or task
-        cancellation) must abort the engine request and free its KV blocks."""
+        cancellation) must abort the engine request and free its KV blocks.
+
+        ``request.phase`` PREFILL: compute the prompt, sample one token, keep the KV for a
+        remote decode and put ``kv_transfer_params`` on the last frame. DECODE: pull the KV
+        that ``request.kv_transfer_params`` names, then decode; an unusable transfer raises
+        ``kv_transfer.KvTransferError`` before any token."""
 
     def load(self) -> EngineLoad:
         """Current load; cheap, called periodically."""

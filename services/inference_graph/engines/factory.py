@@ -13,15 +13,26 @@ from .base import Engine
 from .errors import EngineRequestError
 
 if TYPE_CHECKING:
-    from ..core.spec import EngineSpec
+    from ..core.spec import EngineSpec, KvTransferSpec
 
 __all__ = ["EngineRequestError", "create_engine"]
 
 
-def create_engine(engine_spec: EngineSpec, model_path: str, served_model_name: str | None = None) -> Engine:
-    """An unstarted engine for ``engine_spec``; call ``await engine.start()``."""
+def create_engine(
+    engine_spec: EngineSpec,
+    model_path: str,
+    served_model_name: str | None = None,
+    kv_transfer: KvTransferSpec | None = None,
+) -> Engine:
+    """An unstarted engine for ``engine_spec``; call ``await engine.start()``.
+
+    ``kv_transfer`` (``spec.disaggregation.kvTransfer`` when disaggregation is
+    enabled) lets the engine run PREFILL and DECODE phases: vLLM through NIXL,
+    the simulated engine with simulated transfer time.
+    """
     kind = getattr(engine_spec.type, "value", engine_spec.type)
     if kind == "vllm":
+        from .kv_transfer import NixlTransfer
         from .vllm_engine import VllmEngine
 
         return VllmEngine(
@@ -33,11 +44,32 @@ def create_engine(engine_spec: EngineSpec, model_path: str, served_model_name: s
             kv_cache_gib=engine_spec.kv_cache_gib,
             extra_args=dict(engine_spec.extra_args),
             served_model_name=served_model_name,
+            kv_transfer=NixlTransfer(kv_transfer.buffer_device.value) if kv_transfer else None,
         )
     if kind == "mocker":
         from .mocker import MockerEngine
 
         return MockerEngine(
-            engine_spec, model_path, served_model_name, eos_probability=engine_spec.mocker.eos_probability
+            engine_spec,
+            model_path,
+            served_model_name,
+            eos_probability=engine_spec.mocker.eos_probability,
+            kv_transfer=_simulated_transfer(engine_spec, model_path, kv_transfer) if kv_transfer else None,
         )
     raise ValueError(f"engine.type: unknown engine type {kind!r}; known: vllm, mocker")
+
+
+def _simulated_transfer(engine_spec: EngineSpec, model_path: str, kv_transfer: KvTransferSpec):
+    from .kv_transfer import SimulatedTransfer, kv_bytes_per_token
+
+    simulated = kv_transfer.simulated
+    per_token = simulated.kv_bytes_per_token
+    if per_token is None:
+        try:
+            per_token = kv_bytes_per_token(model_path)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(
+                "spec.disaggregation.kvTransfer.simulated.kvBytesPerToken: not set, and the model's "
+                f"config.json does not give it ({exc!r}); set it"
+            ) from None
+    return SimulatedTransfer(simulated.bandwidth_gbps, per_token, engine_spec.block_size)

@@ -48,10 +48,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .. import wire
 from .base import EngineInfo, EngineLoad
 from .child_guard import ChildGuard
 from .errors import EngineRequestError
+from .kv_transfer import KvTransferError, NixlTransfer
 from .vllm_kv_events import KvEventSubscriber
 from .vllm_outputs import map_error, sampling_params, to_output
 
@@ -130,7 +133,9 @@ class VllmEngine:
         kv_cache_gib: float = 1.0,
         extra_args: dict[str, Any] | None = None,
         served_model_name: str | None = None,
+        kv_transfer: NixlTransfer | None = None,
     ):
+        """``kv_transfer``: the NIXL connector for disaggregated prefill/decode; None: aggregated only."""
         extra_args = dict(extra_args or {})
         for key in _OWNED_ARGS:
             if key in extra_args:
@@ -145,6 +150,7 @@ class VllmEngine:
         self.max_num_seqs = max_num_seqs
         self.kv_cache_gib = kv_cache_gib
         self.extra_args = extra_args
+        self.kv_transfer = kv_transfer
         self.info = EngineInfo(block_size=block_size, num_kv_blocks=0, max_model_len=max_model_len)
         self._llm: AsyncLLM | None = None
         self._sink = _LoadSink()
@@ -177,6 +183,8 @@ class VllmEngine:
                 enable_kv_cache_events=True, publisher="zmq", endpoint=kv_endpoint, topic=KV_TOPIC
             ),
         )
+        if self.kv_transfer is not None:
+            kwargs["kv_transfer_config"] = self.kv_transfer.kv_transfer_config()
         kwargs.update(self.extra_args)
         try:
             return AsyncEngineArgs(**kwargs)
@@ -191,6 +199,8 @@ class VllmEngine:
                 f"engine.blockSize must be a multiple of 32 for vLLM on CPU, got {self.block_size}"
             )
         _set_process_env(self.model_path)
+        if self.kv_transfer is not None:
+            self.kv_transfer.prepare_process_env()
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             log.warning(
                 "VLLM_CPU_KVCACHE_SPACE=%s overrides engine.kvCacheGib=%s for every engine in this process",
@@ -296,14 +306,21 @@ class VllmEngine:
         from vllm.inputs import tokens_input
 
         llm = self._require()
-        params = sampling_params(request.sampling)
+        params = self._phase_params(request)
         stream = llm.generate(tokens_input(list(request.token_ids)), params, request.request_id)
         finished = False
         try:
             async for out in stream:
                 frame = to_output(out, len(request.token_ids), params.logprobs)
                 finished = out.finished
+                if finished and request.phase == wire.Phase.PREFILL:
+                    frame.kv_transfer_params = out.kv_transfer_params
                 yield frame
+        except EngineRequestError as exc:
+            # With kv_load_failure_policy "fail", a KV load error finishes the request with "error".
+            if request.phase == wire.Phase.DECODE and exc.status >= 500:
+                raise KvTransferError(f"the engine could not load the remote KV ({exc.message})") from exc
+            raise
         except Exception as exc:
             mapped = map_error(exc)
             if mapped is exc:
@@ -315,6 +332,23 @@ class VllmEngine:
                 # the request and frees its KV blocks (a no-op if vLLM did).
                 await stream.aclose()
                 await llm.abort(request.request_id)
+
+    def _phase_params(self, request: wire.GenerateRequest):
+        """vLLM's sampling parameters for the request's phase (NixlConnector's protocol)."""
+        opts = request.sampling
+        if request.phase == wire.Phase.AGGREGATED:
+            return sampling_params(opts)
+        if self.kv_transfer is None:
+            raise KvTransferError("this engine has no KV transfer (spec.disaggregation.enabled is false)")
+        if request.phase == wire.Phase.PREFILL:
+            # One token, and keep the KV for a remote decode to pull.
+            opts = msgspec.structs.replace(opts, max_tokens=1, min_tokens=0)
+            transfer = {"do_remote_decode": True}
+        else:
+            transfer = self.kv_transfer.check(request.kv_transfer_params)
+        params = sampling_params(opts)
+        params.extra_args = {**(params.extra_args or {}), "kv_transfer_params": dict(transfer)}
+        return params
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:

@@ -52,10 +52,6 @@ def check_runs_locally(graph: InferenceGraph) -> None:
                 f"is {service.tensor_parallel_size}, but the local launcher runs vLLM on CPU, which supports only 1; "
                 "tensor parallelism needs GPUs (deploy the graph to Kubernetes)",
             )
-    if services.prefill is not None and services.prefill.replicas > 0:
-        raise SpecError(
-            "spec.services.prefill", "disaggregated prefill is not available in the local launcher yet"
-        )
     if services.frontend.replicas != 1:
         raise SpecError(
             "spec.services.frontend.replicas", "the local launcher runs exactly one frontend (one port)"

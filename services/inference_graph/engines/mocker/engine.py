@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from ... import wire
 from ..base import EngineInfo, EngineLoad
 from ..errors import EngineRequestError
+from ..kv_transfer import KvTransferError, SimulatedTransfer
 from .kv_cache import KvCache
 from .scheduler import Scheduler, Sequence, Status
 from .timing import TimingModel, make_timing, step_ms
@@ -76,7 +80,9 @@ class MockerEngine:
         *,
         eos_probability: float = 0.0,
         timing: TimingModel | None = None,
+        kv_transfer: SimulatedTransfer | None = None,
     ):
+        """``kv_transfer``: how this engine exchanges KV with others (disaggregation); None: it does not."""
         mocker = engine_spec.mocker
         self.spec = engine_spec
         self.model_path = model_path
@@ -92,6 +98,8 @@ class MockerEngine:
             max_model_len=engine_spec.max_model_len,
         )
         self._timing_override = timing
+        self.kv_transfer = kv_transfer
+        self.engine_id = f"mocker-{id(self):x}"
         self.timing: TimingModel | None = None
         self.vocab: Vocab | None = None
         self.kv: KvCache | None = None
@@ -121,12 +129,16 @@ class MockerEngine:
         self.vocab = load_vocab(self.model_path)
         self.timing = self._timing_override or make_timing(spec.mocker)
         self.kv = KvCache(spec.mocker.num_kv_blocks, spec.block_size, spec.enable_prefix_caching)
+        loop = asyncio.get_running_loop()
+        transfer = self.kv_transfer
         self.scheduler = Scheduler(
             self.kv,
             TokenSampler(self.vocab, self.eos_probability),
             max_num_seqs=spec.max_num_seqs,
             max_num_batched_tokens=spec.mocker.max_num_batched_tokens,
             max_model_len=spec.max_model_len,
+            transfer_seconds=(lambda tokens: transfer.seconds(tokens) / self.speedup) if transfer else None,
+            clock=loop.time,
         )
         self._closed = False
         self._task = asyncio.create_task(self._run(), name=f"mocker-steps-{id(self):x}")
@@ -193,7 +205,10 @@ class MockerEngine:
                     finished = seq.status == Status.FINISHED
                     if stream.error is not None:
                         raise stream.error
-                    yield self._frame(seq, stream, finished)
+                    frame = self._frame(seq, stream, finished)
+                    if finished and request.phase == wire.Phase.PREFILL:
+                        frame.kv_transfer_params = self.kv_transfer.params(seq.num_prompt, self.engine_id)
+                    yield frame
                     if finished:
                         return
                     continue
@@ -241,6 +256,13 @@ class MockerEngine:
             raise EngineRequestError(400, f"request id {request.request_id!r} is already running")
         _validate(request, self.max_model_len, self.vocab.vocab_size)
         opts = request.sampling
+        if request.phase != wire.Phase.AGGREGATED:
+            if self.kv_transfer is None:
+                raise KvTransferError("this engine has no KV transfer (spec.disaggregation.enabled is false)")
+            if request.phase == wire.Phase.DECODE:
+                self.kv_transfer.check(request.kv_transfer_params)
+            else:  # a prefill computes the prompt and samples one token (discarded by the decode side)
+                opts = msgspec.structs.replace(opts, max_tokens=1, min_tokens=0)
         return Sequence(
             request.request_id,
             request.token_ids,
@@ -253,6 +275,7 @@ class MockerEngine:
             ignore_eos=opts.ignore_eos,
             logprobs=opts.logprobs,
             sink=_Stream(),
+            remote_kv=request.phase == wire.Phase.DECODE,
         )
 
     async def _run(self) -> None:
@@ -284,10 +307,9 @@ class MockerEngine:
             step = sched.schedule()
             if not step:
                 self._publish()
-                if not step.preempted:  # nothing fits (cannot happen while one sequence fits the cache)
+                if not step.preempted:  # KV transfers in progress, or nothing fits
                     clock = burst_start = None
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                    await self._idle_until(sched.next_transfer_end())
                 continue
             seconds = step_ms(timing, step.prefill_tokens, step.decode_batch, step.kv_usage) * scale
             # Steps run back to back on a simulated clock: a step that ended late (the
@@ -314,6 +336,18 @@ class MockerEngine:
             self.step_log.append(
                 (step.prefill_tokens, step.decode_batch, step.kv_usage, seconds, loop.time() - t0)
             )
+
+    async def _idle_until(self, when: float | None) -> None:
+        """Wait for new work, or until ``when`` (loop time: a KV transfer ends) if given."""
+        self._wakeup.clear()
+        if when is None:
+            await self._wakeup.wait()
+            return
+        delay = when - asyncio.get_running_loop().time()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wakeup.wait()
 
     def _publish(self) -> None:
         if self.kv is None:

@@ -21,14 +21,23 @@ the two. The rules follow ``vllm/v1/core/sched/scheduler.py`` (0.32):
 - full blocks enter the prefix cache when the step that computes them is
   scheduled (vLLM caches at ``allocate_slots`` time);
 - stop checks in vLLM's order: EOS, stop token, then length
-  (``max_tokens`` or ``max_model_len``).
+  (``max_tokens`` or ``max_model_len``);
+- a sequence whose KV comes from a remote prefill (``remote_kv``) is admitted
+  with blocks for its whole prompt and then *receives* for
+  ``transfer_seconds(tokens)``: it computes nothing, is never a preemption
+  victim, and an abort keeps its blocks until the transfer would have ended
+  (vLLM defers freeing blocks a connector is still writing). Then its prompt
+  but the last token counts as computed (vLLM's NixlConnector loads
+  ``prompt - 1`` tokens; the decode engine computes the last one for logits).
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from array import array
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,12 +72,14 @@ class Sequence:
         "num_computed",
         "num_preemptions",
         "num_prompt",
+        "remote_kv",
         "request_id",
         "sink",
         "status",
         "stop_ids",
         "stop_token_id",
         "tokens",
+        "transfer_until",
     )
 
     def __init__(
@@ -85,6 +96,7 @@ class Sequence:
         ignore_eos: bool = False,
         logprobs: int | None = None,
         sink: Any = None,
+        remote_kv: bool = False,
     ):
         self.request_id = request_id
         self.tokens = array("I", prompt)
@@ -109,6 +121,8 @@ class Sequence:
         self.status = Status.WAITING
         self.finish_reason: str | None = None
         self.stop_token_id: int | None = None
+        self.remote_kv = remote_kv  # the prompt's KV arrives from a prefill engine
+        self.transfer_until: float | None = None  # clock time the KV transfer ends, while receiving
 
     @property
     def num_tokens(self) -> int:
@@ -171,8 +185,15 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_model_len: int,
+        transfer_seconds: Callable[[int], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``transfer_seconds(tokens)``: how long receiving that much remote KV takes (clock seconds)."""
         self.kv = kv
+        self.transfer_seconds = transfer_seconds or (lambda tokens: 0.0)
+        self.clock = clock
+        self.receiving: list[Sequence] = []  # admitted, KV transfer in progress (also in running)
+        self.releasing: list[Sequence] = []  # aborted mid-transfer: blocks held until it ends
         self.sampler = sampler
         self.block_size = kv.block_size
         self.max_num_seqs = max_num_seqs
@@ -183,7 +204,24 @@ class Scheduler:
         self.num_preemptions = 0
 
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.running or self.waiting or self.releasing)
+
+    def next_transfer_end(self) -> float | None:
+        """When the earliest KV transfer in progress ends (clock time), if any."""
+        ends = [s.transfer_until for s in (*self.receiving, *self.releasing)]
+        return min(ends) if ends else None
+
+    def _finish_transfers(self) -> None:
+        now = self.clock()
+        for seq in [s for s in self.releasing if s.transfer_until <= now]:
+            self.releasing.remove(seq)
+            seq.transfer_until = None
+            self.kv.free(seq)
+        for seq in [s for s in self.receiving if s.transfer_until <= now]:
+            self.receiving.remove(seq)
+            seq.transfer_until = None
+            seq.num_computed = seq.num_prompt - 1
+            self.kv.cache_full_blocks(seq, seq.num_computed)
 
     def add(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
@@ -197,7 +235,11 @@ class Scheduler:
             self.running.remove(seq)
         else:
             self.waiting.remove(seq)
-        self.kv.free(seq)
+        if seq.transfer_until is not None:  # the connector still writes these blocks
+            self.receiving.remove(seq)
+            self.releasing.append(seq)
+        else:
+            self.kv.free(seq)
         seq.status = Status.FINISHED
         seq.finish_reason = "abort"
         return True
@@ -205,6 +247,8 @@ class Scheduler:
     # ------------------------------------------------------------ planning
 
     def schedule(self) -> Step:
+        if self.receiving or self.releasing:
+            self._finish_transfers()
         step = Step()
         budget = self._schedule_running(step, self.max_num_batched_tokens)
         if not step.preempted:
@@ -224,9 +268,15 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.transfer_until is not None:  # receiving its KV: nothing to compute yet
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed, budget)
             while not self.kv.allocate(seq, seq.num_computed + n):
-                victim = self.running.pop()
+                victim = self._victim()
+                if victim is None:  # only receiving sequences to take from: wait for them
+                    return budget
+                self.running.remove(victim)
                 self._preempt(victim)
                 step.preempted.append(victim)
                 if victim is seq:
@@ -235,6 +285,13 @@ class Scheduler:
             budget -= n
             i += 1
         return budget
+
+    def _victim(self) -> Sequence | None:
+        """The last running sequence that is not receiving KV (those blocks are being written)."""
+        for seq in reversed(self.running):
+            if seq.transfer_until is None:
+                return seq
+        return None
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)
@@ -252,6 +309,8 @@ class Scheduler:
             computed = len(hits) * self.block_size
             n = min(seq.num_tokens - computed, budget)
             must_fit = min(seq.num_tokens, self.max_model_len)
+            if seq.remote_kv:
+                n = seq.num_prompt - computed  # blocks for the whole prompt, written by the transfer
             if not kv.allocate(seq, computed + n, hits, must_fit_tokens=must_fit):
                 break
             self.waiting.popleft()
@@ -260,8 +319,18 @@ class Scheduler:
             seq.num_computed = computed
             if seq.num_cached_tokens < 0:
                 seq.num_cached_tokens = computed
+            if seq.remote_kv:
+                self._start_transfer(seq, computed)
+                continue
             self._plan(step, seq, n)
             budget -= n
+
+    def _start_transfer(self, seq: Sequence, computed: int) -> None:
+        """Receive the uncached part of the prompt (all but its last token) from the prefill engine."""
+        seq.remote_kv = False  # a preemption later recomputes locally, as vLLM does
+        tokens = max(seq.num_prompt - 1 - computed, 0)
+        seq.transfer_until = self.clock() + self.transfer_seconds(tokens)
+        self.receiving.append(seq)
 
     # ------------------------------------------------------------ applying
 

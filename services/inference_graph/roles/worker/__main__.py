@@ -23,7 +23,8 @@ async def start_engines(graph: InferenceGraph, role: Role) -> list[Engine]:
     spec = graph.spec
     count = int(os.environ.get(ENGINES_PER_PROCESS_ENV, "1"))
     model_path = resolve_model_source(spec.model.source)
-    engines = [create_engine(spec.engine, model_path, spec.model.name) for _ in range(count)]
+    kv_transfer = spec.disaggregation.kv_transfer if spec.disaggregation.enabled else None
+    engines = [create_engine(spec.engine, model_path, spec.model.name, kv_transfer) for _ in range(count)]
     await asyncio.gather(*(engine.start() for engine in engines))
     return engines
 

@@ -22,6 +22,7 @@ from ...runtime.discovery import Registration
 from ...runtime.event_plane import KV_SNAPSHOT_ENDPOINT, EventPublisher
 from ...runtime.request_plane import EndpointServer
 from ..bootstrap import RoleContext
+from .disaggregation import Disaggregation
 from .handlers import GENERATE_ENDPOINT, make_generate_handler
 from .kv_snapshot import KvMirror
 
@@ -42,10 +43,14 @@ class WorkerInstance:
         self._publisher = EventPublisher(ctx.nc, ctx.namespace, instance_id, on_batch=self._kv_mirror.record)
         self._background: list[asyncio.Task] = []
         self._registration: Registration | None = None
+        self._disagg = Disaggregation.create(ctx, engine, instance_id)  # None unless disaggregated
 
     async def start(self) -> None:
         """Serve, publish events, then register: routing never sees an instance that cannot serve."""
-        await self._server.serve(GENERATE_ENDPOINT, make_generate_handler(self.engine))
+        if self._disagg is not None:
+            await self._disagg.start()
+        target = self._disagg.generate_target if self._disagg else self.engine
+        await self._server.serve(GENERATE_ENDPOINT, make_generate_handler(target))
         await self._server.serve(KV_SNAPSHOT_ENDPOINT, self._kv_mirror.make_handler())
         self._background = [
             asyncio.create_task(self._relay_kv_events(), name=f"kv-events-{self.instance_id}"),
@@ -60,6 +65,7 @@ class WorkerInstance:
             num_kv_blocks=info.num_kv_blocks,
             max_model_len=info.max_model_len,
             tensor_parallel_size=service.tensor_parallel_size if service else 1,
+            **(self._disagg.registration_fields() if self._disagg else {}),
         )
         self._registration = await self.ctx.discovery.register(registered, self.ctx.config.lease_ttl)
         log.info("%s ready: %d KV blocks of %d tokens", self.instance_id, info.num_kv_blocks, info.block_size)
@@ -68,7 +74,11 @@ class WorkerInstance:
         """Leave routing first, then finish the streams in flight, then stop the engine."""
         if self._registration is not None:
             await self._registration.revoke()
+        if self._disagg is not None:  # a prefill worker stops pulling and finishes what it pulled
+            await self._disagg.drain()
         await self._server.stop(drain_timeout=DRAIN_TIMEOUT)
+        if self._disagg is not None:
+            await self._disagg.close()
         for task in self._background:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -77,7 +87,9 @@ class WorkerInstance:
 
     async def _relay_kv_events(self) -> None:
         async for events in self.engine.kv_events():
-            await self._publisher.publish_kv(events)
+            batch = await self._publisher.publish_kv(events)
+            if self._disagg is not None:
+                self._disagg.record(batch)
 
     async def _publish_load(self) -> None:
         while True:
@@ -90,6 +102,7 @@ class WorkerInstance:
                     waiting=load.waiting,
                     kv_usage=load.kv_usage,
                     num_kv_blocks=self.engine.info.num_kv_blocks,
+                    **(await self._disagg.load_fields() if self._disagg else {}),
                 )
             )
             await asyncio.sleep(LOAD_INTERVAL)  # a publishing period, not synchronisation

@@ -1,0 +1,222 @@
+"""Disaggregated decode and prefill worker instances in one process, on simulated engines, over a
+real NATS (JetStream prefill queue) and etcd (discovery): the conditional rule, the flow, fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from inference_graph import wire
+from inference_graph.core.spec import Role, parse_graph
+from inference_graph.engines.factory import create_engine
+from inference_graph.roles.bootstrap import RoleContext
+from inference_graph.roles.worker.service import WorkerInstance
+from inference_graph.runtime.config import RuntimeConfig
+
+BS = 16
+
+
+def graph(namespace: str, model_dir: str, **disagg):
+    return parse_graph(
+        {
+            "apiVersion": "inferencegraph.dev/v1alpha1",
+            "kind": "InferenceGraph",
+            "metadata": {"name": namespace},
+            "spec": {
+                "model": {"name": "m", "source": model_dir},
+                "engine": {
+                    "type": "mocker",
+                    "blockSize": BS,
+                    "maxModelLen": 4096,
+                    "mocker": {"timing": "polynomial", "speedup": 20},
+                },
+                "disaggregation": {
+                    "enabled": True,
+                    "conditional": {"maxLocalPrefillLength": 100, "maxPrefillQueueSize": 8},
+                    "kvTransfer": {"simulated": {"kvBytesPerToken": 1000}},
+                    "queue": {"ackWaitSeconds": 1, "remoteTimeoutSeconds": 10},
+                    **disagg,
+                },
+                "services": {"prefill": {"replicas": 1}},
+            },
+        }
+    )
+
+
+class Cluster:
+    """Worker instances sharing one NATS connection and one etcd client, like a packed process."""
+
+    def __init__(self, nc, discovery, nats_server, etcd_server, graph):
+        self.nc, self.discovery, self.graph = nc, discovery, graph
+        self.config = RuntimeConfig(
+            nats_url=nats_server.url, etcd_endpoints=etcd_server.endpoints, namespace=graph.metadata.name
+        )
+        self.instances: list[WorkerInstance] = []
+
+    async def add(self, role: Role, name: str) -> WorkerInstance:
+        spec = self.graph.spec
+        engine = create_engine(spec.engine, spec.model.source, "m", spec.disaggregation.kv_transfer)
+        await engine.start()
+        ctx = RoleContext(self.graph, role, self.config, name, self.nc, self.discovery, asyncio.Event())
+        instance = WorkerInstance(ctx, engine, name)
+        await instance.start()
+        self.instances.append(instance)
+        return instance
+
+    async def stop(self, instance: WorkerInstance) -> None:
+        self.instances.remove(instance)
+        await instance.drain()
+
+    async def close(self):
+        for instance in list(self.instances):
+            with contextlib.suppress(Exception):
+                await self.stop(instance)
+
+
+@pytest.fixture
+async def cluster(nc, discovery, nats_server, etcd_server, namespace, model_dir):
+    made = []
+
+    async def make(**disagg) -> Cluster:
+        made.append(Cluster(nc, discovery, nats_server, etcd_server, graph(namespace, model_dir, **disagg)))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> str:
+    import json
+
+    root = tmp_path_factory.mktemp("fake-model")
+    (root / "config.json").write_text(json.dumps({"vocab_size": 512, "eos_token_id": 2, "bos_token_id": 1}))
+    (root / "generation_config.json").write_text(json.dumps({"eos_token_id": [2]}))
+    (root / "tokenizer.json").write_text(json.dumps({"added_tokens": []}))
+    return str(root)
+
+
+def request(rid: str, length: int, max_tokens: int = 4, start: int = 10) -> wire.GenerateRequest:
+    prompt = [start + i % 400 for i in range(length)]
+    return wire.GenerateRequest(rid, prompt, wire.SamplingOptions(max_tokens=max_tokens, ignore_eos=True))
+
+
+async def collect(decode: WorkerInstance, req: wire.GenerateRequest) -> list[int]:
+    target = decode._disagg.decode
+    return [t async for out in target.generate(req) for t in out.token_ids]
+
+
+async def wait_until(condition, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_long_prompts_go_remote_short_ones_stay_local(cluster):
+    c = await cluster()
+    prefill = await c.add(Role.PREFILL, "prefill-1")
+    decode = await c.add(Role.DECODE, "decode-1")
+    counters = decode._disagg.decode.counters
+    await wait_until(lambda: decode._disagg._prefill_watch.instances)
+
+    assert len(await collect(decode, request("short", 50))) == 4
+    assert (counters.local_prefills, counters.remote_prefills) == (1, 0)
+    assert len(await collect(decode, request("long", 600))) == 4
+    assert (counters.local_prefills, counters.remote_prefills) == (1, 1)
+    assert prefill._disagg.prefill.prefilled == 1
+
+    # the same long prompt again: its prefix is cached on the decode worker, so it stays local
+    await wait_until(lambda: decode._disagg.prefix.hit_tokens(request("x", 600).token_ids) > 500)
+    assert len(await collect(decode, request("again", 600))) == 4
+    assert counters.local_prefills == 2
+    assert (await decode._disagg.queue.depth()) == 0
+    info = await c.discovery.list_instances(c.graph.metadata.name, Role.PREFILL.value)
+    assert set(info) == {"prefill-1"}
+
+
+async def test_without_prefill_workers_everything_is_local(cluster):
+    c = await cluster()
+    decode = await c.add(Role.DECODE, "decode-1")
+    assert len(await collect(decode, request("long", 600))) == 4
+    assert decode._disagg.decode.counters.local_prefills == 1
+
+
+async def test_a_full_queue_keeps_prefill_local(cluster):
+    c = await cluster(conditional={"maxLocalPrefillLength": 100, "maxPrefillQueueSize": 1})
+    await c.add(Role.PREFILL, "prefill-1")
+    decode = await c.add(Role.DECODE, "decode-1")
+    await wait_until(lambda: decode._disagg._prefill_watch.instances)
+    prefill = c.instances[0]
+    prefill._disagg._stopping.set()  # the prefill worker stops pulling: the queue fills
+    await prefill._disagg._task
+    d = decode._disagg.decode
+    waiting = asyncio.create_task(collect(decode, request("queued", 600)))
+    await wait_until(lambda: d._pending)
+    d.queue._depth = None
+    assert await d.queue.depth() == 1
+    assert len(await collect(decode, request("local", 600, start=50))) == 4
+    assert d.counters.local_prefills == 1
+    waiting.cancel()
+
+
+async def test_a_dead_prefill_worker_is_replaced_by_redelivery(cluster):
+    c = await cluster()
+    doomed = await c.add(Role.PREFILL, "prefill-doomed")
+    decode = await c.add(Role.DECODE, "decode-1")
+    await wait_until(lambda: decode._disagg._prefill_watch.instances)
+    # the doomed worker pulls the request and "dies": it never prefills nor acks
+    doomed._disagg._stopping.set()
+    await doomed._disagg._task
+    grabbed = []
+
+    async def die_holding_it():
+        delivery = await doomed._disagg.queue.pull(timeout=5)
+        grabbed.append(delivery)
+
+    grabber = asyncio.create_task(die_holding_it())
+    result = asyncio.create_task(collect(decode, request("r", 600)))
+    await grabber
+    assert grabbed[0] is not None and grabbed[0].num_delivered == 1
+    await c.add(Role.PREFILL, "prefill-2")  # after ack-wait (1 s) the queue gives it to this one
+    assert len(await result) == 4
+    counters = decode._disagg.decode.counters
+    assert (counters.remote_prefills, counters.local_prefills) == (1, 0)
+    rescuer = c.instances[-1]._disagg.prefill
+    assert rescuer.prefilled == 1
+
+
+async def test_a_broken_transfer_fails_loudly_and_is_counted(cluster):
+    c = await cluster()
+    await c.add(Role.PREFILL, "prefill-1")
+    decode = await c.add(Role.DECODE, "decode-1")
+    await wait_until(lambda: decode._disagg._prefill_watch.instances)
+    decode.engine.kv_transfer.bytes_per_token = 2000  # misconfigured: decode expects another KV shape
+    with pytest.raises(Exception, match="KV transfer failed"):
+        await collect(decode, request("r", 600))
+    assert decode._disagg.decode.counters.kv_transfer_failures == 1
+    await queue_empties(c, decode)  # FAILED settles the request: acked, not redelivered
+
+
+async def queue_empties(c: Cluster, decode: WorkerInstance, timeout: float = 10.0) -> None:
+    js, stream = c.nc.jetstream(), decode._disagg.queue.stream
+    deadline = time.monotonic() + timeout
+    while (await js.stream_info(stream)).state.messages:
+        assert time.monotonic() < deadline, "the queue kept its message"
+        await asyncio.sleep(0.05)
+
+
+async def test_no_result_in_time_falls_back_to_local_prefill(cluster):
+    c = await cluster(queue={"ackWaitSeconds": 1, "remoteTimeoutSeconds": 0.5})
+    prefill = await c.add(Role.PREFILL, "prefill-1")
+    decode = await c.add(Role.DECODE, "decode-1")
+    await wait_until(lambda: decode._disagg._prefill_watch.instances)
+    prefill._disagg._stopping.set()  # registered but not pulling
+    await prefill._disagg._task
+    assert len(await collect(decode, request("r", 600))) == 4
+    counters = decode._disagg.decode.counters
+    assert (counters.local_prefills, counters.remote_fallbacks) == (1, 1)
