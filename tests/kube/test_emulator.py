@@ -75,7 +75,18 @@ def test_kubectl_get_prints_the_crd_printer_columns(with_crd):
     assert header.split() == ["NAME", "PHASE", "READY", "ENDPOINT", "AGE"]
     assert row.split()[:3] == [name, "Ready", "3/3"]
     wide = with_crd.kubectl("get", "ig", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide == ["NAME", "PHASE", "READY", "FRONTEND", "PROCESSOR", "DECODE", "PREFILL", "ENDPOINT", "AGE"]
+    assert wide == [
+        "NAME",
+        "PHASE",
+        "READY",
+        "FRONTEND",
+        "PROCESSOR",
+        "ROUTER",
+        "DECODE",
+        "PREFILL",
+        "ENDPOINT",
+        "AGE",
+    ]
 
 
 def test_kubectl_explain_teaches_the_spec(with_crd):
