@@ -100,9 +100,12 @@ class RestKubeApi:
             response = self._client.call_api(*params, _request_timeout=REQUEST_TIMEOUT)
             response.read()
         except ApiException as exc:
-            raise ApiError(exc.status or 0, _reason(exc)) from None
+            raise ApiError(exc.status or 0, _reason(exc.body, exc.reason)) from None
         except OSError as exc:  # urllib3 connection errors are OSErrors
             raise ApiError(0, str(exc)) from None
+        # call_api returns error responses as they are (the generated APIs raise while deserializing)
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, _reason(response.data, response.reason))
         return json.loads(response.data) if response.data else {}
 
     def get_graph(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -152,9 +155,9 @@ def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return {**obj, "kind": kind, "apiVersion": _CHILD_PATHS[kind][0]}
 
 
-def _reason(exc) -> str:
+def _reason(body: bytes | str | None, fallback: str | None) -> str:
     """The API server's Status message when there is one, else the HTTP reason."""
     try:
-        return json.loads(exc.body).get("message") or exc.reason
+        return json.loads(body).get("message") or str(fallback)
     except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
+        return str(fallback)

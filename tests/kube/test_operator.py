@@ -406,3 +406,44 @@ def test_operator_restart_converges_without_duplicates(cluster, operator):
     all_deployments = get(cluster, f"/apis/apps/v1/deployments?labelSelector={SELECTOR}")["items"]
     names = [d["metadata"]["name"] for d in all_deployments]
     assert len(names) == len(set(names)) == 8
+
+
+# ---------------------------------------------------------------- conflicts and the REST layer
+
+
+def test_an_object_owned_by_someone_else_is_reported_and_left_alone(cluster, operator):
+    cluster.kubectl("create", "configmap", "pd-graph", "--from-literal=owner=someone-else")
+    apply(cluster, DISAGG)
+    want = expected_children(DISAGG) - {("ConfigMap", "pd-graph")}
+
+    def reported() -> dict | None:
+        ig = graph(cluster, "pd")
+        return ig if condition(ig, "Degraded").get("reason") == "ChildConflict" else None
+
+    ig = wait_for(reported, "the ChildConflict condition")
+    assert "ConfigMap pd-graph" in condition(ig, "Degraded")["message"]
+    assert ig["status"]["phase"] == "Degraded"
+    wait_for(lambda: set(children(cluster, "pd")) == want, "the other children created")
+    foreign = get(cluster, "/api/v1/namespaces/default/configmaps/pd-graph")
+    assert foreign["data"] == {"owner": "someone-else"} and not foreign["metadata"].get("ownerReferences")
+
+
+def test_rest_api_maps_error_responses_to_api_errors(cluster):
+    from inference_graph_operator.kube import ApiError, RestKubeApi
+
+    api = RestKubeApi.from_environment({"KUBECONFIG": str(cluster.kubeconfig)})
+    assert api.get_graph("default", "missing") is None
+    assert api.get("Deployment", "default", "missing") is None
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}}
+    created = api.create(configmap)
+    assert created["metadata"]["uid"]
+    with pytest.raises(ApiError) as err:
+        api.create(configmap)
+    assert err.value.status == 409 and "already exists" in err.value.reason
+    patched = api.patch({**configmap, "data": {"k": "v"}})
+    assert patched["data"] == {"k": "v"}
+    assert [c["metadata"]["name"] for c in api.list_children("default", "")] == ["c"]
+    assert api.list_children("default", "")[0]["apiVersion"] == "v1"
+    api.delete(configmap)
+    api.delete(configmap)  # already gone: not an error
+    assert api.get("ConfigMap", "default", "c") is None
