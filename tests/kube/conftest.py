@@ -18,6 +18,7 @@ import yaml
 
 from .common import KUBE_VERSIONS
 from .emulator import EmulatorServer
+from .emulator.workloads import DEPLOYMENTS, WORKLOADS
 
 
 @pytest.fixture
@@ -87,17 +88,21 @@ class KubeApi:
         return kubernetes.client.ApiClient(configuration)
 
     @property
-    def auto_ready_deployments(self) -> bool:
-        return self.api.lifecycle.auto_ready_deployments
+    def auto_ready(self) -> bool:
+        return self.api.lifecycle.readiness.auto
 
-    @auto_ready_deployments.setter
-    def auto_ready_deployments(self, on: bool) -> None:
-        """On: every Deployment write is followed by a status write that reports all replicas ready."""
-        self.api.lifecycle.auto_ready_deployments = on
+    @auto_ready.setter
+    def auto_ready(self, on: bool) -> None:
+        """On: every Deployment or StatefulSet write is followed by a status write reporting it ready."""
+        self.api.lifecycle.readiness.auto = on
 
     def set_deployments_ready(self, namespace: str | None = None) -> list[dict]:
         """Simulate the Deployment controller once: status matches spec (replicas, ready, generation)."""
-        return self.api.lifecycle.set_deployments_ready(namespace)
+        return self.api.lifecycle.readiness.set_ready((DEPLOYMENTS,), namespace)
+
+    def set_workloads_ready(self, namespace: str | None = None) -> list[dict]:
+        """Deployments and StatefulSets, as their controllers report them once every pod is ready."""
+        return self.api.lifecycle.readiness.set_ready(WORKLOADS, namespace)
 
 
 def kubeconfig(url: str) -> dict:

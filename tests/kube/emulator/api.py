@@ -16,6 +16,7 @@ from .lifecycle import Lifecycle
 from .resources import Registry, ResourceType
 from .selectors import field_selector, label_selector
 from .store import Obj, Store
+from .workloads import scale_of
 
 
 class Api:
@@ -123,7 +124,7 @@ class Api:
                     return self.create(rtype, namespace, created, strict)
                 raise not_found(rtype.plural, rtype.group, name)
             if subresource == "scale":
-                scale = patching.apply_patch(content_type, self.lifecycle.scale_of(live), body, manager)
+                scale = patching.apply_patch(content_type, scale_of(live), body, manager)
                 return self._write_scale(rtype, live, scale)
             patched = patching.apply_patch(content_type, self.as_version(rtype, live), body, manager)
             return self._store_write(rtype, live, patched, subresource, strict)
@@ -208,4 +209,4 @@ class Api:
             scale.get("metadata", {}).get("resourceVersion") or live["metadata"]["resourceVersion"]
         )
         written = self._store_write(rtype, live, new, None, False)
-        return self.lifecycle.scale_of(written)
+        return scale_of(written)

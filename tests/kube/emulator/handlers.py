@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .errors import ApiError, bad_request, method_not_allowed
 from .resources import ResourceType
 from .selectors import field_selector, label_selector
 from .store import Event, Watch, namespace_of
+from .workloads import scale_of
 
 DEFAULT_WATCH_TIMEOUT = 1800.0  # kube-apiserver picks 30-60 min when the client sets none
 JSON = "application/json"
@@ -36,6 +38,13 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true")
+
+
+def _initial_events_end(rtype: ResourceType, rv: int) -> dict[str, Any]:
+    """The bookmark that ends the initial events of a `sendInitialEvents` watch (client-go's WatchList)."""
+    annotations = {"k8s.io/initial-events-end": "true"}
+    metadata = {"resourceVersion": str(rv), "annotations": annotations}
+    return {"kind": rtype.kind, "apiVersion": rtype.group_version, "metadata": metadata}
 
 
 class Handlers:
@@ -146,7 +155,7 @@ class Handlers:
         if method == "GET":
             obj = api.get(rtype, target.namespace, target.name)
             if target.subresource == "scale":
-                return _json(api.lifecycle.scale_of(obj))
+                return _json(scale_of(obj))
             return self._respond(request, rtype, obj, None)
         if method == "PUT":
             return _json(
@@ -209,11 +218,37 @@ class Handlers:
 
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
+        watch, replay, current_rv = self._subscribe(target, query)
+        send = functools.partial(
+            self._send, as_table=table.wants_table(request.headers.get("Accept", "")),
+            include=query.get("includeObject", "Metadata"),
+        )  # fmt: skip
+        response = web.StreamResponse(headers={"Content-Type": JSON, "Transfer-Encoding": "chunked"})
+        await response.prepare(request)
+        deadline = time.monotonic() + float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
+        try:
+            for event in replay:
+                await send(response, target.rtype, event.type, event.obj)
+            if _truthy(query.get("sendInitialEvents")) and _truthy(query.get("allowWatchBookmarks")):
+                await send(response, target.rtype, "BOOKMARK", _initial_events_end(target.rtype, current_rv))
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    event = await asyncio.wait_for(watch.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                await send(response, target.rtype, event.type, event.obj)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.api.store.unsubscribe(watch)
+        return response
+
+    def _subscribe(self, target: Target, query: Any) -> tuple[Watch, list[Event], int]:
+        """Subscribe, and return the events to replay first: the current objects when the client asks
+        for initial events (no resourceVersion, "0", or sendInitialEvents), else the history after it."""
         rtype, namespace = target.rtype, target.namespace
-        by_label, by_field = (
-            label_selector(query.get("labelSelector")),
-            field_selector(query.get("fieldSelector")),
-        )
+        by_label = label_selector(query.get("labelSelector"))
+        by_field = field_selector(query.get("fieldSelector"))
 
         def accepts(event: Event) -> bool:
             in_scope = namespace is None or namespace_of(event.obj) == namespace
@@ -224,48 +259,26 @@ class Handlers:
         send_initial = _truthy(query.get("sendInitialEvents")) or since in (None, "0")
         store = self.api.store
         with store.lock:  # the initial state and the subscription are one atomic step
-            initial = (
-                [
-                    Event(store.resource_version, "ADDED", rtype.key, o)
-                    for o in store.list(rtype.key, namespace)
-                    if by_label(o) and by_field(o)
-                ]
-                if send_initial
-                else []
-            )
+            current = store.list(rtype.key, namespace) if send_initial else []
+            initial = [
+                Event(store.resource_version, "ADDED", rtype.key, o)
+                for o in current
+                if by_label(o) and by_field(o)
+            ]
             backlog = store.subscribe(watch, None if send_initial else int(since))
-            current_rv = store.resource_version
-        response = web.StreamResponse(headers={"Content-Type": JSON, "Transfer-Encoding": "chunked"})
-        await response.prepare(request)
-        timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
-        deadline = time.monotonic() + timeout
-        try:
-            for event in [*initial, *backlog]:
-                await self._send(response, rtype, event.type, event.obj)
-            if _truthy(query.get("sendInitialEvents")) and _truthy(query.get("allowWatchBookmarks")):
-                marker = {
-                    "kind": rtype.kind,
-                    "apiVersion": rtype.group_version,
-                    "metadata": {
-                        "resourceVersion": str(current_rv),
-                        "annotations": {"k8s.io/initial-events-end": "true"},
-                    },
-                }
-                await self._send(response, rtype, "BOOKMARK", marker)
-            while (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    event = await asyncio.wait_for(watch.queue.get(), remaining)
-                except TimeoutError:
-                    break
-                await self._send(response, rtype, event.type, event.obj)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            store.unsubscribe(watch)
-        return response
+            return watch, [*initial, *backlog], store.resource_version
 
     async def _send(
-        self, response: web.StreamResponse, rtype: ResourceType, event_type: str, obj: dict[str, Any]
+        self,
+        response: web.StreamResponse,
+        rtype: ResourceType,
+        event_type: str,
+        obj: dict[str, Any],
+        as_table: bool = False,
+        include: str = "Metadata",
     ) -> None:
         served = obj if event_type == "BOOKMARK" else self.api.as_version(rtype, obj)
+        if as_table and event_type != "BOOKMARK":  # `kubectl get -w`: each event carries a one-row Table
+            meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
+            served = table.table(rtype, [served], meta, include)
         await response.write(json.dumps({"type": event_type, "object": served}).encode() + b"\n")

@@ -1,6 +1,6 @@
 """What happens around writes: CRD registration, finalizers and deletionTimestamp, garbage collection
-by ownerReferences (background, foreground, orphan), namespace termination, and an optional Deployment
-"controller" that makes Deployments ready on demand.
+by ownerReferences (background, foreground, orphan), namespace termination, and the opt-in readiness
+"controller" of workloads.py.
 
 The garbage collector runs synchronously right after the delete that orphans dependents, so tests see
 a deterministic order of watch events (owner DELETED, then dependents DELETED); the real collector does
@@ -10,17 +10,15 @@ the same work asynchronously.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Any
 
 from .errors import ApiError, not_found
 from .objects import now
 from .resources import Registry, ResourceType
 from .store import Obj, Store
+from .workloads import Readiness
 
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACES = ("", "namespaces")
-DEPLOYMENTS = ("apps", "deployments")
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 
@@ -28,10 +26,7 @@ ORPHAN = "orphan"
 class Lifecycle:
     def __init__(self, store: Store, registry: Registry):
         self.store, self.registry = store, registry
-        self.auto_ready_deployments = False  # the fixture's switch: Deployments become ready on write
-        # How follow-up writes (a controller reacting to a write) are scheduled: the server sets this to
-        # "soon, on the server's loop", so the response to the triggering write goes out first.
-        self.defer: Callable[[Callable[[], Any]], None] = lambda action: action()
+        self.readiness = Readiness(store)
 
     # --- create ------------------------------------------------------------------------------------
 
@@ -73,8 +68,7 @@ class Lifecycle:
             return
         if rtype.key == CRDS and not meta.get("deletionTimestamp"):
             self.registry.register_crd(obj)
-        if rtype.key == DEPLOYMENTS and self.auto_ready_deployments and not meta.get("deletionTimestamp"):
-            self.defer(lambda: self._make_ready_if_current(obj))
+        self.readiness.after_write(rtype.key, obj)
 
     # --- delete ------------------------------------------------------------------------------------
 
@@ -202,75 +196,3 @@ class Lifecycle:
         for obj in self.store.list(key):
             self.store.remove(key, obj)
         self.registry.unregister_crd(crd["metadata"]["name"])
-
-    # --- Deployments: scale and readiness ----------------------------------------------------------
-
-    @staticmethod
-    def scale_of(obj: Obj) -> Obj:
-        meta = obj["metadata"]
-        labels = (obj.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
-        return {
-            "apiVersion": "autoscaling/v1",
-            "kind": "Scale",
-            "metadata": {
-                k: meta[k]
-                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                if k in meta
-            },
-            "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
-            "status": {
-                "replicas": obj.get("status", {}).get("replicas", 0),
-                "selector": ",".join(f"{k}={v}" for k, v in labels.items()),
-            },
-        }
-
-    def make_ready(self, deployment: Obj) -> Obj:
-        """Status as the Deployment controller writes it once every pod of the spec is ready."""
-        replicas = deployment.get("spec", {}).get("replicas", 1)
-        ready = copy.deepcopy(deployment)
-        ready["status"] = {
-            "observedGeneration": deployment["metadata"].get("generation", 1),
-            "replicas": replicas,
-            "updatedReplicas": replicas,
-            "readyReplicas": replicas,
-            "availableReplicas": replicas,
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True",
-                    "reason": "MinimumReplicasAvailable",
-                    "lastUpdateTime": now(),
-                },
-                {
-                    "type": "Progressing",
-                    "status": "True",
-                    "reason": "NewReplicaSetAvailable",
-                    "lastUpdateTime": now(),
-                },
-            ],
-        }
-        if replicas == 0:
-            for field in ("readyReplicas", "availableReplicas", "updatedReplicas"):
-                del ready["status"][field]
-        if _counts(ready["status"]) == _counts(deployment.get("status")):
-            return deployment
-        return self.store.put(DEPLOYMENTS, ready, "MODIFIED")
-
-    def _make_ready_if_current(self, written: Obj) -> None:
-        with self.store.lock:
-            meta = written["metadata"]
-            current = self.store.get(DEPLOYMENTS, meta.get("namespace"), meta["name"])
-            if current is not None and current["metadata"]["uid"] == meta["uid"]:
-                self.make_ready(current)
-
-    def set_deployments_ready(self, namespace: str | None = None) -> list[Obj]:
-        with self.store.lock:
-            return [
-                self.make_ready(d)
-                for d in self.store.list(DEPLOYMENTS, namespace)
-                if not d["metadata"].get("deletionTimestamp")
-            ]
-
-
-def _counts(status: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (status or {}).items() if k != "conditions"}

@@ -31,7 +31,7 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=30)
-        self.api.lifecycle.defer = self._defer
+        self.api.lifecycle.readiness.defer = self._defer
         return self
 
     def _defer(self, action: Callable[[], Any]) -> None:
