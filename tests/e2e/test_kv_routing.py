@@ -1,4 +1,5 @@
-"""KV-aware routing end to end: 4 simulated workers, the router role, shared-prefix requests."""
+"""KV-aware routing end to end: the router role with 4 simulated workers, and with 2 real vLLM
+workers; requests sharing a prefix land on the worker that holds it."""
 
 import asyncio
 
@@ -39,6 +40,40 @@ async def until(condition, timeout: float) -> None:
             await asyncio.sleep(0.05)
 
 
+async def graph_complete(discovery, name: str, workers: int) -> bool:
+    """The router registers once it listens, has rebuilt its index and serves."""
+    routers = await discovery.list_instances(name, Role.ROUTER.value)
+    return bool(routers) and len(await discovery.list_instances(name, Role.DECODE.value)) == workers
+
+
+async def cached_tokens_of_shared_prefix_requests(
+    graph, name: str, infrastructure, workers: int
+) -> list[int]:
+    """Warm one worker with the prefix, wait until the router knows, then send 8 requests sharing it."""
+    discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
+    nc = await nats.connect(infrastructure["NATS_SERVER"])
+    try:
+        await until(lambda: graph_complete(discovery, name, workers), 60)
+        ids = sorted(await discovery.list_instances(name, Role.DECODE.value))
+
+        async with httpx.AsyncClient(base_url=graph.base_url, timeout=60) as http:
+
+            async def complete(suffix: list[int]) -> int:
+                body = {"model": "tiny", "prompt": PREFIX + suffix, "max_tokens": 4, "ignore_eos": True}
+                response = await http.post("/v1/completions", json=body)
+                assert response.status_code == 200, response.text
+                usage = response.json()["usage"]
+                assert usage["prompt_tokens"] == len(PREFIX) + len(suffix)
+                return usage["prompt_tokens_details"]["cached_tokens"]
+
+            assert await complete([900, 901, 902]) == 0  # warms one worker
+            await until(lambda: _router_knows_prefix(nc, name, ids), 10)  # events are asynchronous
+            return [await complete([910 + i, 920 + i, 930 + i, 940 + i]) for i in range(8)]
+    finally:
+        await nc.close()
+        await discovery.close()
+
+
 async def test_shared_prefix_requests_land_on_the_worker_holding_it(start_graph, infrastructure):
     name = "kv-routing"
     graph = start_graph(
@@ -53,33 +88,19 @@ async def test_shared_prefix_requests_land_on_the_worker_holding_it(start_graph,
             "services.router.replicas=1",
         ],
     )
-    discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
-    nc = await nats.connect(infrastructure["NATS_SERVER"])
-    try:
+    cached = await cached_tokens_of_shared_prefix_requests(graph, name, infrastructure, 4)
+    # Round-robin would hit on about 1 request in 4 (then on more as every worker warms up).
+    assert all(c >= PREFIX_BLOCK_TOKENS for c in cached), cached
+    assert "falls back" not in graph.log()
 
-        async def graph_complete() -> bool:  # the router registers once it listens and serves
-            routers = await discovery.list_instances(name, Role.ROUTER.value)
-            return bool(routers) and len(await discovery.list_instances(name, Role.DECODE.value)) == 4
 
-        await until(graph_complete, 30)
-        workers = sorted(await discovery.list_instances(name, Role.DECODE.value))
-
-        async with httpx.AsyncClient(base_url=graph.base_url, timeout=30) as http:
-
-            async def complete(suffix: list[int]) -> int:
-                body = {"model": "tiny", "prompt": PREFIX + suffix, "max_tokens": 4, "ignore_eos": True}
-                response = await http.post("/v1/completions", json=body)
-                assert response.status_code == 200, response.text
-                usage = response.json()["usage"]
-                assert usage["prompt_tokens"] == len(PREFIX) + len(suffix)
-                return usage["prompt_tokens_details"]["cached_tokens"]
-
-            await complete([900, 901, 902])  # warms one worker
-            await until(lambda: _router_knows_prefix(nc, name, workers), 10)  # events are asynchronous
-            cached = [await complete([910 + i, 920 + i, 930 + i, 940 + i]) for i in range(8)]
-        # Round-robin would hit on about 1 request in 4 (then on more as every worker warms up).
-        assert all(c >= PREFIX_BLOCK_TOKENS for c in cached), cached
-        assert "falls back" not in graph.log()
-    finally:
-        await nc.close()
-        await discovery.close()
+@pytest.mark.vllm
+@pytest.mark.timeout(240)
+async def test_two_vllm_workers_shared_prefix_lands_on_the_worker_holding_it(start_graph, infrastructure):
+    """configs/agg_router.yaml as shipped (vLLM, prefix caching, kv routing), on the tiny model."""
+    name = "kv-routing-vllm"
+    graph = start_graph(name, config="configs/agg_router.yaml", overrides=[*TINY_OVERRIDES])
+    cached = await cached_tokens_of_shared_prefix_requests(graph, name, infrastructure, 2)
+    # vLLM reports the hit itself; round-robin would send every other request to the cold worker.
+    assert all(c >= PREFIX_BLOCK_TOKENS for c in cached), cached
+    assert "falls back" not in graph.log()
