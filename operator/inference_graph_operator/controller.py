@@ -55,6 +55,7 @@ class PassResult:
     failures: list[str] = field(default_factory=list)
     status: dict[str, Any] | None = None
     gone: bool = False  # the graph no longer exists (or is being deleted)
+    changed: bool = False  # some child really changed (a no-op patch does not count)
 
 
 class GraphController:
@@ -84,7 +85,7 @@ class GraphController:
         result = PassResult()
         children, conflicts = self._apply(todo, observed, body["metadata"]["uid"], result)
         problems = Problems(spec_error=desired.error, conflicts=conflicts, failures=result.failures)
-        status = graph_status(body, desired, children, problems, bool(result.actions), self.clock())
+        status = graph_status(body, desired, children, problems, result.changed, self.clock())
         patch = status_patch(body.get("status"), status)
         if patch is not None:
             self.api.patch_graph_status(namespace, name, patch)
@@ -106,11 +107,18 @@ class GraphController:
             if after is _CONFLICT:
                 conflicts.append(f"{action.key[0]} {action.key[1]}")
                 continue
-            result.actions.append(f"{action.verb} {action.key[0]} {action.key[1]} ({action.why})")
+            before = children.get(action.key)
             if action.verb is Verb.DELETE:
                 children.pop(action.key, None)
             else:
                 children[action.key] = after
+            if action.verb is Verb.PATCH and _version(before) == _version(after):
+                # The server took the patch and changed nothing: it stores the field in another
+                # form (e.g. a quantity "0.5" as "500m"). Not progress; logged at debug only.
+                log.debug("patch of %s %s had no effect (%s)", *action.key, action.why)
+                continue
+            result.changed = True
+            result.actions.append(f"{action.verb} {action.key[0]} {action.key[1]} ({action.why})")
         return list(children.values()), sorted(conflicts)
 
     def _do(self, action: Action, uid: str) -> dict[str, Any] | object | None:
@@ -163,3 +171,7 @@ class GraphController:
 
 
 _CONFLICT = object()
+
+
+def _version(obj: Mapping[str, Any] | None) -> str | None:
+    return (obj or {}).get("metadata", {}).get("resourceVersion")

@@ -55,12 +55,20 @@ def as_stored(obj: dict[str, Any]) -> dict[str, Any]:
     stored = copy.deepcopy(obj)
     stored["metadata"].update(uid="child-uid", resourceVersion="7", creationTimestamp=NOW)
     if obj["kind"] == "Deployment":
-        stored["spec"]["revisionHistoryLimit"] = 10
-        stored["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
         stored["metadata"]["generation"] = 1
     if obj["kind"] == "Service":
         stored["spec"]["clusterIP"] = "10.0.0.7"
-    return stored
+    return with_defaults(stored)
+
+
+def with_defaults(obj: dict[str, Any]) -> dict[str, Any]:
+    """Defaults the API server fills in on every write."""
+    if obj["kind"] == "Deployment":
+        obj["spec"].setdefault("revisionHistoryLimit", 10)
+        obj["spec"]["template"]["spec"]["containers"][0].setdefault(
+            "terminationMessagePath", "/dev/termination-log"
+        )
+    return obj
 
 
 def ready(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -294,13 +302,27 @@ def test_phase_order():
 # ---------------------------------------------------------------- one controller pass, API in memory
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: maps merge key by key, anything else (lists too) is replaced."""
+    if not isinstance(patch, dict) or not isinstance(target, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
 class MemoryApi:
     """The KubeApi interface over a dict, with the API server's 404/409 answers."""
 
-    def __init__(self, graph: dict[str, Any]):
+    def __init__(self, graph: dict[str, Any], normalize=lambda obj: obj):
         self.graph = graph
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[str] = []
+        self.normalize = normalize  # how the server stores what it is sent
 
     def get_graph(self, namespace, name):
         return copy.deepcopy(self.graph) if self.graph else None
@@ -321,14 +343,18 @@ class MemoryApi:
         if key in self.objects:
             raise ApiError(409, "already exists")
         self.writes.append(f"create {key[1]}")
-        self.objects[key] = as_stored(obj)
+        self.objects[key] = self.normalize(as_stored(obj))
         return copy.deepcopy(self.objects[key])
 
     def patch(self, obj):
         key = (obj["kind"], obj["metadata"]["name"])
         self.writes.append(f"patch {key[1]}")
-        self.objects[key].update(copy.deepcopy(obj))
-        return copy.deepcopy(self.objects[key])
+        old = self.objects[key]
+        new = self.normalize(with_defaults(merge_patch(old, obj)))
+        if new != old:  # the API server bumps resourceVersion only when something changed
+            new["metadata"]["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
+        self.objects[key] = new
+        return copy.deepcopy(new)
 
     def delete(self, obj):
         self.writes.append(f"delete {obj['metadata']['name']}")
@@ -432,3 +458,25 @@ def test_a_child_event_finds_its_graph_by_the_controller_reference():
     child["metadata"]["ownerReferences"][0]["controller"] = False
     assert controlling_graph(child) is None
     assert controlling_graph({"metadata": {}}) is None
+
+
+def test_a_patch_the_server_normalizes_away_is_not_progress():
+    def canonical_cpu(obj):  # the API server stores the quantity 0.5 as 500m
+        for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            requests = c.get("resources", {}).get("requests", {})
+            if requests.get("cpu") == "0.5":
+                requests["cpu"] = "500m"
+        return obj
+
+    body = graph_body()
+    body["spec"]["services"]["processor"] = {"resources": {"requests": {"cpu": "0.5"}}}
+    api = MemoryApi(body, normalize=canonical_cpu)
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    controller.reconcile("ns", "g")
+    for key, obj in api.objects.items():
+        if key[0] == "Deployment":
+            api.objects[key] = ready(obj)
+    result = controller.reconcile("ns", "g")
+    assert "patch g-processor" in api.writes  # the drift check cannot tell 0.5 from 500m ...
+    assert result.actions == [] and not result.changed  # ... but the unchanged resourceVersion can
+    assert api.graph["status"]["phase"] == "Ready"
