@@ -122,3 +122,24 @@ async def test_no_router_raises_router_unavailable_fast(nc, namespace):
         await NatsRouterClient(client, timeout=2.0)([1, 2], ["w-a"])
     assert time.monotonic() - start < 1.0  # no responders, not a timeout
     await client.close()
+
+
+async def test_a_rebuilding_router_is_unavailable_to_the_processor(nc, namespace):
+    """``decide`` before the index is rebuilt: 503, which the processor's client turns into a fallback."""
+    never = asyncio.Event()
+
+    async def fetch_snapshot(worker):
+        await never.wait()
+
+    service = RouterService(BS, fetch_snapshot=fetch_snapshot)
+    rebuild = asyncio.create_task(service.rebuild(["w-a"]))
+    server = EndpointServer(nc, namespace, "router", "router-1")
+    await server.serve(DECIDE_ENDPOINT, service.make_decide_handler())
+    client = EndpointClient(nc, namespace, "router")
+    try:
+        with pytest.raises(RouterUnavailable, match="rebuilding"):
+            await NatsRouterClient(client, timeout=2.0)([1, 2], ["w-a"])
+    finally:
+        rebuild.cancel()
+        await client.close()
+        await server.stop(drain_timeout=1)
