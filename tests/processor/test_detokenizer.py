@@ -57,3 +57,19 @@ def test_deltas_concatenate_to_one_shot_decode(smol, data):
     skip = data.draw(st.booleans())
     deltas, tail = stream(smol, prompt_ids, ids, skip)
     assert "".join(deltas) + tail == smol.decode(ids, skip_special_tokens=skip)
+
+
+@SETTINGS
+@given(st.data())
+def test_frames_of_many_tokens_give_the_same_text(smol, data):
+    """step_many on random frame boundaries equals feeding one token at a time."""
+    vocab = st.integers(min_value=0, max_value=smol.vocab_size - 1)
+    ids = data.draw(st.lists(vocab, max_size=30) | st.just(smol.hf.encode(MULTIBYTE)))
+    prompt_ids = smol.hf.encode(data.draw(st.text(max_size=20)))
+    skip = data.draw(st.booleans())
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=0, max_value=len(ids)), max_size=6)))
+    frames = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)], strict=True)]
+    detokenizer = IncrementalDetokenizer(smol.backend, prompt_ids, skip)
+    batched = "".join(detokenizer.step_many(frame) for frame in frames) + detokenizer.flush()
+    deltas, tail = stream(smol, prompt_ids, ids, skip)
+    assert batched == "".join(deltas) + tail == smol.decode(ids, skip_special_tokens=skip)

@@ -81,6 +81,10 @@ class ChoiceState:
         token_ids = output.token_ids
         # vLLM: the EOS / stop token that ended generation is counted but not rendered
         hide_last = output.finish_reason == "stop" and not self._options.include_stop_str_in_output
+        if self._stop.empty:  # no stop string can end the choice mid-frame: the whole frame at once
+            self.num_generated += len(token_ids)
+            pieces.append(self._detokenizer.step_many(token_ids[:-1] if hide_last else token_ids))
+            return len(token_ids)
         for position, token_id in enumerate(token_ids):
             self.num_generated += 1
             if hide_last and position == len(token_ids) - 1:

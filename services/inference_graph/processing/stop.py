@@ -19,6 +19,11 @@ class StopMatcher:
         self._held = ""
         self.matched: str | None = None
 
+    @property
+    def empty(self) -> bool:
+        """No stop strings: nothing is ever held back or matched."""
+        return not self._stops
+
     def feed(self, text: str, *, active: bool = True) -> str:
         """Add generated text; return what can be emitted now.
 
