@@ -77,13 +77,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The launcher of this interpreter (the project's venv, or any Python with the package on its path).
+LAUNCHER = [sys.executable, "-m", "inference_graph.launcher"]
+
+
 class Graph:
     def __init__(self, args: argparse.Namespace) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = RESULTS / f"request_path-{args.label}.log"
         self.argv = [
-            str(ROOT / ".venv" / "bin" / "inference-graph"),
+            *LAUNCHER,
             "serve",
             args.config,
             "--port",
@@ -177,6 +181,7 @@ def label_of(cmd: str) -> str | None:
         ("nats-server", "nats-server"),
         ("etcd", "etcd"),
         ("inference-graph", "launcher"),
+        ("inference_graph.launcher", "launcher"),
     ):
         if needle in cmd:
             return label
@@ -230,7 +235,7 @@ def launcher_of(url: str) -> int | None:
 
 
 def model_path(args: argparse.Namespace) -> str:
-    argv = [str(ROOT / ".venv/bin/inference-graph"), "prepare-model", args.config, "--engine", "mocker"]
+    argv = [*LAUNCHER, "prepare-model", args.config, "--engine", "mocker"]
     for o in args.overrides:
         argv += ["--set", o]
     out = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True).stdout
