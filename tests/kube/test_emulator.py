@@ -6,10 +6,12 @@ emulator lost the semantics it names.
 
 from __future__ import annotations
 
+import json
 import queue
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 import urllib3
@@ -558,3 +560,20 @@ def test_kubectl_get_watch_prints_printer_columns_per_event(with_crd):
             assert lines.get(timeout=10)[:3] == [name, "Ready", "3/3"]
         finally:
             watcher.terminate()
+
+
+def test_unknown_fields_of_builtin_kinds_are_rejected_when_strict_and_dropped_otherwise(kube_api, core):
+    manifest = yaml.safe_load(DEPLOYMENT)
+    manifest["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    result = kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert result.returncode != 0
+    assert 'unknown field "spec.template.spec.containers[0].imagePullPolicyy"' in result.stderr
+    # a client that sends no fieldValidation: the server drops the field, as the real one does
+    body = {"metadata": {"name": "a"}, "data": {"k": "1"}, "dataa": {}}
+    request = urllib.request.Request(
+        f"{kube_api.url}/api/v1/namespaces/default/configmaps", json.dumps(body).encode(), method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        created = json.loads(response.read())
+    assert "dataa" not in created and created["data"] == {"k": "1"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from . import objects, patching, schema
+from . import builtin_schema, objects, patching, schema
 from .errors import ApiError, already_exists, bad_request, invalid, method_not_allowed, not_found, stale
 from .lifecycle import Lifecycle
 from .resources import Registry, ResourceType
@@ -165,7 +165,10 @@ class Api:
         return live
 
     def _admit(self, rtype: ResourceType, obj: Obj, strict: bool) -> None:
-        dropped, causes = schema.admit(obj, rtype.schema)
+        if rtype.crd is None:
+            dropped, causes = builtin_schema.drop_unknown_fields(obj), []
+        else:
+            dropped, causes = schema.admit(obj, rtype.schema)
         name = obj["metadata"].get("name", "")
         if dropped and strict:
             fields = ", ".join(f'unknown field "{path}"' for path in dropped)
