@@ -577,3 +577,13 @@ def test_unknown_fields_of_builtin_kinds_are_rejected_when_strict_and_dropped_ot
     with urllib.request.urlopen(request, timeout=10) as response:
         created = json.loads(response.read())
     assert "dataa" not in created and created["data"] == {"k": "1"}
+
+
+def test_server_dry_run_answers_without_storing(kube_api):
+    out = kube_api.kubectl("apply", "-f", "-", "--dry-run=server", input=DEPLOYMENT).stdout
+    assert "created (server dry run)" in out
+    assert kube_api.kubectl("get", "deploy", "-o", "name").stdout == ""
+    kube_api.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+    kube_api.kubectl("scale", "deploy", "web", "--replicas=5", "--dry-run=server")
+    kube_api.kubectl("delete", "deploy", "web", "--dry-run=server")
+    assert kube_api.kubectl("get", "deploy", "web", "-o", "jsonpath={.spec.replicas}").stdout == "2"

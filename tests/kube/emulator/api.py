@@ -8,6 +8,7 @@ finalizers, garbage collection) in `lifecycle.Lifecycle`.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from . import builtin_schema, objects, patching, schema
@@ -17,6 +18,15 @@ from .resources import Registry, ResourceType
 from .selectors import field_selector, label_selector
 from .store import Obj, Store
 from .workloads import scale_of
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    strict: bool = False  # fieldValidation=Strict: unknown fields fail the request instead of being dropped
+    dry_run: bool = False  # dryRun=All: admitted and answered, never stored
+
+
+DEFAULT = WriteOptions()
 
 
 class Api:
@@ -64,19 +74,23 @@ class Api:
 
     # --- writes ------------------------------------------------------------------------------------
 
-    def create(self, rtype: ResourceType, namespace: str | None, body: Obj, strict: bool = False) -> Obj:
+    def create(
+        self, rtype: ResourceType, namespace: str | None, body: Obj, opts: WriteOptions = DEFAULT
+    ) -> Obj:
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
         with self.store.lock:
             obj = objects.new_object(rtype, namespace, body)
             self.lifecycle.check_can_create(rtype, obj)
-            self._admit(rtype, obj, strict)
+            self._admit(rtype, obj, opts.strict)
             if (
                 self.store.get(rtype.key, namespace if rtype.namespaced else None, obj["metadata"]["name"])
                 is not None
             ):
                 raise already_exists(rtype.plural, rtype.group, obj["metadata"]["name"])
             self.lifecycle.before_create(rtype, obj)
+            if opts.dry_run:
+                return self.as_version(rtype, obj)
             stored = self.store.put(rtype.key, obj, "ADDED")
             self.lifecycle.after_write(rtype, stored)
             return self.as_version(rtype, stored)
@@ -88,15 +102,15 @@ class Api:
         name: str,
         body: Obj,
         subresource: str | None,
-        strict: bool = False,
+        opts: WriteOptions = DEFAULT,
     ) -> Obj:
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
         with self.store.lock:
             live = self._live(rtype, namespace, name)
             if subresource == "scale":
-                return self._write_scale(rtype, live, body)
-            return self._store_write(rtype, live, body, subresource, strict)
+                return self._write_scale(rtype, live, body, opts)
+            return self._store_write(rtype, live, body, subresource, opts)
 
     def patch(
         self,
@@ -107,7 +121,7 @@ class Api:
         body: Any,
         subresource: str | None,
         manager: str,
-        strict: bool = False,
+        opts: WriteOptions = DEFAULT,
     ) -> Obj:
         if content_type == patching.STRATEGIC and rtype.crd is not None:
             raise ApiError(
@@ -121,13 +135,13 @@ class Api:
                 if content_type == patching.APPLY and subresource is None:  # apply creates
                     created = patching.server_side_apply(None, body, manager)
                     created.setdefault("metadata", {})["name"] = name
-                    return self.create(rtype, namespace, created, strict)
+                    return self.create(rtype, namespace, created, opts)
                 raise not_found(rtype.plural, rtype.group, name)
             if subresource == "scale":
                 scale = patching.apply_patch(content_type, scale_of(live), body, manager)
-                return self._write_scale(rtype, live, scale)
+                return self._write_scale(rtype, live, scale, opts)
             patched = patching.apply_patch(content_type, self.as_version(rtype, live), body, manager)
-            return self._store_write(rtype, live, patched, subresource, strict)
+            return self._store_write(rtype, live, patched, subresource, opts)
 
     def delete(self, rtype: ResourceType, namespace: str | None, name: str, options: dict[str, Any]) -> Obj:
         with self.store.lock:
@@ -137,6 +151,8 @@ class Api:
                 raise stale(rtype.plural, rtype.group, name)
             if pre.get("uid") not in (None, live["metadata"]["uid"]):
                 raise stale(rtype.plural, rtype.group, name)
+            if options.get("dryRun"):
+                return self.as_version(rtype, live)
             policy = options.get("propagationPolicy") or (
                 "Orphan" if options.get("orphanDependents") else "Background"
             )
@@ -181,7 +197,7 @@ class Api:
             raise invalid(rtype.kind, rtype.group, name, causes)
 
     def _store_write(
-        self, rtype: ResourceType, live: Obj, body: Obj, subresource: str | None, strict: bool
+        self, rtype: ResourceType, live: Obj, body: Obj, subresource: str | None, opts: WriteOptions
     ) -> Obj:
         if subresource not in (None, "status") or (subresource and subresource not in rtype.subresources):
             raise method_not_allowed()
@@ -196,14 +212,16 @@ class Api:
             new = body
         new = objects.carry_system_fields(rtype, live, new)
         objects.apply_builtin_defaults(rtype, new)
-        self._admit(rtype, new, strict)
+        self._admit(rtype, new, opts.strict)
         if objects.unchanged(live, new):
             return self.as_version(rtype, live)
+        if opts.dry_run:
+            return self.as_version(rtype, new)
         stored = self.store.put(rtype.key, new, "MODIFIED")
         self.lifecycle.after_write(rtype, stored)
         return self.as_version(rtype, stored)
 
-    def _write_scale(self, rtype: ResourceType, live: Obj, scale: Obj) -> Obj:
+    def _write_scale(self, rtype: ResourceType, live: Obj, scale: Obj, opts: WriteOptions) -> Obj:
         if "scale" not in rtype.subresources:
             raise method_not_allowed()
         new = copy.deepcopy(live)
@@ -211,5 +229,5 @@ class Api:
         new["metadata"]["resourceVersion"] = (
             scale.get("metadata", {}).get("resourceVersion") or live["metadata"]["resourceVersion"]
         )
-        written = self._store_write(rtype, live, new, None, False)
+        written = self._store_write(rtype, live, new, None, opts)
         return scale_of(written)

@@ -13,7 +13,7 @@ import yaml
 from aiohttp import web
 
 from . import discovery, openapi, patching, protobuf, table
-from .api import Api
+from .api import Api, WriteOptions
 from .errors import ApiError, bad_request, method_not_allowed
 from .resources import ResourceType
 from .selectors import field_selector, label_selector
@@ -134,7 +134,7 @@ class Handlers:
         query = request.query
         method = request.method
         api, rtype = self.api, target.rtype
-        strict = query.get("fieldValidation") == "Strict"
+        opts = WriteOptions(strict=query.get("fieldValidation") == "Strict", dry_run="dryRun" in query)
         if target.name is None:
             if method == "GET" and _truthy(query.get("watch")):
                 return await self._watch(request, target)
@@ -144,7 +144,7 @@ class Handlers:
                 )
                 return self._respond(request, rtype, listed, listed)
             if method == "POST" and (target.namespace or not rtype.namespaced):
-                return _json(api.create(rtype, target.namespace, await self._body(request), strict), 201)
+                return _json(api.create(rtype, target.namespace, await self._body(request), opts), 201)
             if method == "DELETE":
                 options = await self._delete_options(request)
                 deleted = api.delete_collection(
@@ -165,7 +165,7 @@ class Handlers:
                     target.name,
                     await self._body(request),
                     target.subresource,
-                    strict,
+                    opts,
                 )
             )
         if method == "PATCH":
@@ -181,7 +181,7 @@ class Handlers:
                     body,
                     target.subresource,
                     manager,
-                    strict,
+                    opts,
                 )
             )
         if method == "DELETE" and target.subresource is None:
@@ -210,8 +210,9 @@ class Handlers:
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
         options = (await self._body(request)) if request.can_read_body else {}
         options = dict(options or {})
-        if "propagationPolicy" in request.query:
-            options["propagationPolicy"] = request.query["propagationPolicy"]
+        for name in ("propagationPolicy", "dryRun"):
+            if name in request.query:
+                options[name] = request.query[name]
         return options
 
     # --- watch -------------------------------------------------------------------------------------
