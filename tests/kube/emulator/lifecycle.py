@@ -105,38 +105,27 @@ class Lifecycle:
         gone = self.store.remove(key, obj)
         if key == CRDS:
             self._drop_custom_objects(obj)
-        self._collect_garbage(obj["metadata"]["uid"])
+        self._collect_garbage(obj)
         self._finish_namespaces()
         return gone
 
     # --- garbage collection ------------------------------------------------------------------------
 
     def _dependents(self, uid: str) -> list[tuple[tuple[str, str], Obj]]:
-        return [
-            (key, obj)
-            for key in self.store.keys()
-            for obj in self.store.list(key)
-            if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences", []))
-        ]
+        return self.store.dependents(uid)
 
-    def _owner_exists(self, uid: str) -> bool:
-        return any(obj["metadata"]["uid"] == uid for key in self.store.keys() for obj in self.store.list(key))
-
-    def _collect_garbage(self, owner_uid: str) -> None:
-        """Dependents whose owners are all gone are deleted (background); others keep living."""
-        for key, dependent in self._dependents(owner_uid):
-            owners = [
-                ref["uid"]
-                for ref in dependent["metadata"].get("ownerReferences", [])
-                if ref.get("uid") != owner_uid
-            ]
-            if not any(self._owner_exists(uid) for uid in owners):
+    def _collect_garbage(self, gone: Obj) -> None:
+        """Dependents whose owners are all gone are deleted (background); others keep living. An owner
+        in foreground deletion that waited for `gone` may be released."""
+        uid = gone["metadata"]["uid"]
+        for key, dependent in self._dependents(uid):
+            owners = [ref.get("uid") for ref in dependent["metadata"].get("ownerReferences", [])]
+            if not any(self.store.by_uid(owner) for owner in owners if owner != uid):
                 self._delete_dependent(key, dependent)
-        # an owner waiting in foreground deletion for this dependent may now be released
-        for key in self.store.keys():
-            for obj in self.store.list(key):
-                if FOREGROUND in obj["metadata"].get("finalizers", []):
-                    self._release_foreground(key, obj)
+        for ref in gone["metadata"].get("ownerReferences") or []:
+            found = self.store.by_uid(ref.get("uid", ""))
+            if found and FOREGROUND in found[1]["metadata"].get("finalizers", []):
+                self._release_foreground(*found)
 
     def _delete_dependent(self, key: tuple[str, str], dependent: Obj) -> None:
         current = self.store.get(key, dependent["metadata"].get("namespace"), dependent["metadata"]["name"])

@@ -51,6 +51,9 @@ class Store:
         self._rv = 1000  # resourceVersions are opaque strings to clients; start away from 0 and 1
         self._history: deque[Event] = deque(maxlen=history)
         self._watches: set[Watch] = set()
+        # indexes for the garbage collector: uid -> where the object lives; owner uid -> dependents' places
+        self._by_uid: dict[str, tuple[Key, str | None, str]] = {}
+        self._dependents: dict[str, set[tuple[Key, str | None, str]]] = {}
 
     @property
     def resource_version(self) -> int:
@@ -79,19 +82,48 @@ class Store:
         with self.lock:
             self._rv += 1
             obj["metadata"]["resourceVersion"] = str(self._rv)
-            self._objects.setdefault(key, {})[namespace_of(obj), obj["metadata"]["name"]] = obj
+            place = (key, namespace_of(obj), obj["metadata"]["name"])
+            previous = self._objects.setdefault(key, {}).get(place[1:])
+            if previous is not None:
+                self._unindex(previous, place)
+            self._objects[key][place[1:]] = obj
+            self._index(obj, place)
             self._emit(Event(self._rv, event_type, key, copy.deepcopy(obj)))
             return obj
 
     def remove(self, key: Key, obj: Obj) -> Obj:
         """Drop obj and emit DELETED with a fresh resourceVersion, as etcd's delete revision."""
         with self.lock:
-            self._objects.get(key, {}).pop((namespace_of(obj), obj["metadata"]["name"]), None)
+            place = (key, namespace_of(obj), obj["metadata"]["name"])
+            stored = self._objects.get(key, {}).pop(place[1:], None)
+            if stored is not None:
+                self._unindex(stored, place)
             self._rv += 1
             gone = copy.deepcopy(obj)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._emit(Event(self._rv, "DELETED", key, gone))
             return gone
+
+    def _index(self, obj: Obj, place: tuple[Key, str | None, str]) -> None:
+        self._by_uid[obj["metadata"]["uid"]] = place
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            self._dependents.setdefault(ref.get("uid", ""), set()).add(place)
+
+    def _unindex(self, obj: Obj, place: tuple[Key, str | None, str]) -> None:
+        self._by_uid.pop(obj["metadata"]["uid"], None)
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            self._dependents.get(ref.get("uid", ""), set()).discard(place)
+
+    def by_uid(self, uid: str) -> tuple[Key, Obj] | None:
+        with self.lock:
+            place = self._by_uid.get(uid)
+            return None if place is None else (place[0], self._objects[place[0]][place[1:]])
+
+    def dependents(self, owner_uid: str) -> list[tuple[Key, Obj]]:
+        """Objects with an ownerReference to owner_uid."""
+        with self.lock:
+            places = sorted(self._dependents.get(owner_uid, ()), key=lambda p: (p[0], p[1] or "", p[2]))
+            return [(key, self._objects[key][(ns, name)]) for key, ns, name in places]
 
     def _emit(self, event: Event) -> None:
         self._history.append(event)
