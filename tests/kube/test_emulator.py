@@ -127,12 +127,13 @@ def test_schema_defaults_are_applied(with_crd):
 
 
 def watch_events(
-    core, namespace: str, resource_version: str | None = None
+    core, namespace: str, resource_version: str | None = None, **kwargs
 ) -> tuple[queue.Queue, watch.Watch]:
     """Stream ConfigMap events of a namespace into a queue from a thread."""
     events: queue.Queue = queue.Queue()
     stream = watch.Watch()
-    kwargs = {"resource_version": resource_version} if resource_version else {}
+    if resource_version:
+        kwargs["resource_version"] = resource_version
 
     def run():
         try:
@@ -587,3 +588,42 @@ def test_server_dry_run_answers_without_storing(kube_api):
     kube_api.kubectl("scale", "deploy", "web", "--replicas=5", "--dry-run=server")
     kube_api.kubectl("delete", "deploy", "web", "--dry-run=server")
     assert kube_api.kubectl("get", "deploy", "web", "-o", "jsonpath={.spec.replicas}").stdout == "2"
+
+
+def test_kubectl_apply_removes_what_the_manifest_dropped(kube_api):
+    """kubectl's three-way strategic merge: deletions by merge key ($patch: delete), $setElementOrder."""
+    before = yaml.safe_load(DEPLOYMENT)
+    pod = before["spec"]["template"]["spec"]
+    pod["containers"][0] |= {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}
+    pod["containers"][0]["ports"] = [
+        {"containerPort": 80, "name": "http"},
+        {"containerPort": 81, "name": "alt"},
+    ]
+    pod["containers"].append({"name": "sidecar", "image": "busybox:1.37"})
+    pod["tolerations"] = [{"key": "x", "operator": "Exists"}]
+    kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(before))
+    after = yaml.safe_load(DEPLOYMENT)
+    after["spec"]["template"]["spec"]["containers"][0] |= {
+        "env": [{"name": "A", "value": "1"}],
+        "image": "nginx:1.28",
+    }
+    kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(after))
+    live = yaml.safe_load(kube_api.kubectl("get", "deploy", "web", "-o", "yaml").stdout)
+    (container,) = live["spec"]["template"]["spec"]["containers"]
+    assert (container["image"], container["env"]) == ("nginx:1.28", [{"name": "A", "value": "1"}])
+    assert "ports" not in container and "tolerations" not in live["spec"]["template"]["spec"]
+    assert live["metadata"]["generation"] == 2
+
+
+def test_watch_with_a_selector_sees_objects_enter_and_leave_it(core):
+    mark = core.list_namespaced_config_map("default").metadata.resource_version
+    events, stream = watch_events(core, "default", mark, label_selector="team=a")
+    core.create_namespaced_config_map("default", {"metadata": {"name": "x", "labels": {"team": "b"}}})
+    core.patch_namespaced_config_map("x", "default", {"metadata": {"labels": {"team": "a"}}})
+    core.patch_namespaced_config_map("x", "default", {"data": {"k": "v"}})
+    core.patch_namespaced_config_map("x", "default", {"metadata": {"labels": {"team": "c"}}})
+    core.delete_namespaced_config_map("x", "default")
+    core.create_namespaced_config_map("default", {"metadata": {"name": "end", "labels": {"team": "a"}}})
+    seen = [events.get(timeout=10)[:2] for _ in range(4)]
+    stream.stop()
+    assert seen == [("ADDED", "x"), ("MODIFIED", "x"), ("DELETED", "x"), ("ADDED", "end")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -251,21 +252,27 @@ class Handlers:
         by_label = label_selector(query.get("labelSelector"))
         by_field = field_selector(query.get("fieldSelector"))
 
-        def accepts(event: Event) -> bool:
-            in_scope = namespace is None or namespace_of(event.obj) == namespace
-            return event.key == rtype.key and in_scope and by_label(event.obj) and by_field(event.obj)
+        def visible(obj: dict[str, Any]) -> bool:
+            in_scope = namespace is None or namespace_of(obj) == namespace
+            return in_scope and by_label(obj) and by_field(obj)
 
-        watch = Watch(asyncio.get_running_loop(), accepts)
+        def view(event: Event) -> Event | None:
+            """What this watcher sees: an object that starts or stops matching the selectors is
+            ADDED or DELETED for it, as the real watch cache reports."""
+            if event.key != rtype.key:
+                return None
+            now = visible(event.obj)
+            if event.type == "MODIFIED" and event.old is not None and visible(event.old) != now:
+                return dataclasses.replace(event, type="ADDED" if now else "DELETED")
+            return event if now else None
+
+        watch = Watch(asyncio.get_running_loop(), view)
         since = query.get("resourceVersion") or None
         send_initial = _truthy(query.get("sendInitialEvents")) or since in (None, "0")
         store = self.api.store
         with store.lock:  # the initial state and the subscription are one atomic step
             current = store.list(rtype.key, namespace) if send_initial else []
-            initial = [
-                Event(store.resource_version, "ADDED", rtype.key, o)
-                for o in current
-                if by_label(o) and by_field(o)
-            ]
+            initial = [Event(store.resource_version, "ADDED", rtype.key, o) for o in current if visible(o)]
             backlog = store.subscribe(watch, None if send_initial else int(since))
             return watch, [*initial, *backlog], store.resource_version
 

@@ -26,18 +26,20 @@ class Event:
     type: str  # ADDED, MODIFIED, DELETED
     key: Key
     obj: Obj
+    old: Obj | None = None  # the state before a MODIFIED event, for selector transitions
 
 
 class Watch:
-    """A live subscription: events matching `accepts` are queued on the watching request's loop."""
+    """A live subscription: `view` decides what a watcher sees of an event (None: nothing, or the
+    event retyped); what it sees is queued on the watching request's loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, accepts: Callable[[Event], bool]):
-        self.loop, self.accepts = loop, accepts
+    def __init__(self, loop: asyncio.AbstractEventLoop, view: Callable[[Event], Event | None]):
+        self.loop, self.view = loop, view
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
 
     def offer(self, event: Event) -> None:
-        if self.accepts(event):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        if (seen := self.view(event)) is not None:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, seen)
 
 
 def namespace_of(obj: Obj) -> str | None:
@@ -88,7 +90,7 @@ class Store:
                 self._unindex(previous, place)
             self._objects[key][place[1:]] = obj
             self._index(obj, place)
-            self._emit(Event(self._rv, event_type, key, copy.deepcopy(obj)))
+            self._emit(Event(self._rv, event_type, key, copy.deepcopy(obj), previous))
             return obj
 
     def remove(self, key: Key, obj: Obj) -> Obj:
@@ -138,7 +140,9 @@ class Store:
                 oldest = self._history[0].rv if self._history else self._rv + 1
                 if since < oldest - 1:
                     raise expired(since)
-                backlog = [e for e in self._history if e.rv > since and watch.accepts(e)]
+                backlog = [
+                    seen for e in self._history if e.rv > since and (seen := watch.view(e)) is not None
+                ]
             self._watches.add(watch)
             return backlog
 
