@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,13 @@ import jinja2
 from .. import wire
 from .errors import invalid_request
 
+log = logging.getLogger(__name__)
+
 INLINE_MAX_CHARS = 16_000  # about 4k tokens, 4 ms of encoding
+# Words whose BPE merges the tokenizer remembers. The library's default (10k) is
+# small for a server that sees many users' vocabularies; a miss redoes the word's
+# merges (25% slower encoding measured with 17k distinct words). ~100 bytes a word.
+BPE_CACHE_WORDS = 200_000
 # apply_chat_template arguments a request may not override through chat_template_kwargs
 _RESERVED_TEMPLATE_KWARGS = frozenset(
     {
@@ -73,6 +80,15 @@ def _as_id_list(result: Any) -> list[int]:
     return [int(token_id) for token_id in result]
 
 
+def _enlarge_bpe_cache(backend: Any, words: int) -> None:
+    """Grow a BPE model's word cache (a speed setting only: ids are the same)."""
+    resize = getattr(backend.model, "_resize_cache", None)  # tokenizers >= 0.20, BPE models
+    if resize is None:
+        log.info("tokenizer model %s has no resizable cache", type(backend.model).__name__)
+        return
+    resize(words)
+
+
 class PromptTokenizer:
     """Wraps a Hugging Face tokenizer with what the processor needs from it."""
 
@@ -84,6 +100,7 @@ class PromptTokenizer:
         self._added = {i: t.content for i, t in hf_tokenizer.added_tokens_decoder.items()}
         self._logprob_tokens: dict[int, tuple[str, list[int]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        _enlarge_bpe_cache(self.backend, BPE_CACHE_WORDS)
         # ``hf.encode`` is the backend's encode (through encode_batch) plus Python wrapping
         # (~0.2-0.4 ms of a 1.1k-token prompt); call the backend directly when it is set up
         # exactly as ``hf.encode`` would set it (no truncation or padding, special tokens kept).
