@@ -133,62 +133,49 @@ class Handlers:
 
     async def _verb(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
-        method = request.method
-        api, rtype = self.api, target.rtype
         opts = WriteOptions(strict=query.get("fieldValidation") == "Strict", dry_run="dryRun" in query)
         if target.name is None:
-            if method == "GET" and _truthy(query.get("watch")):
-                return await self._watch(request, target)
-            if method == "GET":
-                listed = api.list(
-                    rtype, target.namespace, query.get("labelSelector"), query.get("fieldSelector")
-                )
-                return self._respond(request, rtype, listed, listed)
-            if method == "POST" and (target.namespace or not rtype.namespaced):
-                return _json(api.create(rtype, target.namespace, await self._body(request), opts), 201)
-            if method == "DELETE":
-                options = await self._delete_options(request)
-                deleted = api.delete_collection(
-                    rtype, target.namespace, query.get("labelSelector"), query.get("fieldSelector"), options
-                )
-                return _json(deleted)
-            raise method_not_allowed()
+            return await self._collection_verb(request, target, opts)
+        return await self._object_verb(request, target, opts)
+
+    async def _collection_verb(
+        self, request: web.Request, target: Target, opts: WriteOptions
+    ) -> web.StreamResponse:
+        api, rtype, query, method = self.api, target.rtype, request.query, request.method
+        selectors = (query.get("labelSelector"), query.get("fieldSelector"))
+        if method == "GET" and _truthy(query.get("watch")):
+            return await self._watch(request, target)
         if method == "GET":
-            obj = api.get(rtype, target.namespace, target.name)
-            if target.subresource == "scale":
-                return _json(scale_of(obj))
-            return self._respond(request, rtype, obj, None)
-        if method == "PUT":
-            return _json(
-                api.update(
-                    rtype,
-                    target.namespace,
-                    target.name,
-                    await self._body(request),
-                    target.subresource,
-                    opts,
-                )
+            listed = api.list(rtype, target.namespace, *selectors)
+            return self._respond(request, rtype, listed, listed)
+        if method == "POST" and (target.namespace or not rtype.namespaced):
+            return _json(api.create(rtype, target.namespace, await self._body(request), opts), 201)
+        if method == "DELETE":
+            options = await self._delete_options(request)
+            return _json(api.delete_collection(rtype, target.namespace, *selectors, options))
+        raise method_not_allowed()
+
+    async def _object_verb(
+        self, request: web.Request, target: Target, opts: WriteOptions
+    ) -> web.StreamResponse:
+        api, rtype, method = self.api, target.rtype, request.method
+        where = (rtype, target.namespace, target.name)
+        if method == "GET":
+            obj = api.get(*where)
+            return (
+                _json(scale_of(obj))
+                if target.subresource == "scale"
+                else self._respond(request, rtype, obj, None)
             )
+        if method == "PUT":
+            return _json(api.update(*where, await self._body(request), target.subresource, opts))
         if method == "PATCH":
             content_type = request.content_type
             body = await self._body(request, yaml_ok=content_type == patching.APPLY)
-            manager = query.get("fieldManager", "")
-            return _json(
-                api.patch(
-                    rtype,
-                    target.namespace,
-                    target.name,
-                    content_type,
-                    body,
-                    target.subresource,
-                    manager,
-                    opts,
-                )
-            )
+            manager = request.query.get("fieldManager", "")
+            return _json(api.patch(*where, content_type, body, target.subresource, manager, opts))
         if method == "DELETE" and target.subresource is None:
-            return _json(
-                api.delete(rtype, target.namespace, target.name, await self._delete_options(request))
-            )
+            return _json(api.delete(*where, await self._delete_options(request)))
         raise method_not_allowed()
 
     def _respond(self, request: web.Request, rtype: ResourceType, obj: Any, listed: Any) -> web.Response:
