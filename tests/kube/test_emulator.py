@@ -627,3 +627,86 @@ def test_watch_with_a_selector_sees_objects_enter_and_leave_it(core):
     seen = [events.get(timeout=10)[:2] for _ in range(4)]
     stream.stop()
     assert seen == [("ADDED", "x"), ("MODIFIED", "x"), ("DELETED", "x"), ("ADDED", "end")]
+
+
+# --- the CRD schema in the emulator (no server): kube-apiserver's checks and wording, table-driven --
+
+
+def crd_schema() -> dict:
+    return load(CRD)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def graph_with(path: str, value) -> dict:
+    graph = load(CONFIGS[0])
+    *parents, leaf = path.split(".")
+    node = graph
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return graph
+
+
+DELETE = object()
+REJECTED = [
+    (
+        "spec.services.decode.replicas",
+        -1,
+        "Invalid value: -1: spec.services.decode.replicas in body should be greater than or equal to 0",
+    ),
+    (
+        "spec.engine.kvCacheGib",
+        0,
+        "Invalid value: 0: spec.engine.kvCacheGib in body should be greater than 0",
+    ),
+    (
+        "spec.engine.mocker",
+        {"eosProbability": 2},
+        "spec.engine.mocker.eosProbability in body should be less than or equal to 1",
+    ),
+    ("spec.engine.type", "tgi", 'Unsupported value: "tgi": supported values: "vllm", "mocker"'),
+    (
+        "spec.services.frontend.port",
+        70000,
+        "spec.services.frontend.port in body should be less than or equal to 65535",
+    ),
+    (
+        "spec.services.decode.rdma",
+        {"shmSize": "lots"},
+        "spec.services.decode.rdma.shmSize in body should match '^[0-9]+",
+    ),
+    ("spec.model.name", "", 'Invalid value: "": spec.model.name in body should be at least 1 chars long'),
+    ("spec.model.name", DELETE, "spec.model.name: Required value"),
+    (
+        "spec.routing",
+        {"strategy": "kv", "kv": {"weights": {"prefix_overlap": "heavy"}}},
+        "spec.routing.kv.weights.prefix_overlap in body must be of type number",
+    ),
+    (
+        "spec.services.decode.replicas",
+        "two",
+        'Invalid value: "two": spec.services.decode.replicas in body must be of type integer',
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), REJECTED, ids=[f"{p}={v!r}" for p, v, _ in REJECTED])
+def test_crd_schema_rejects_with_the_api_servers_wording(path, value, message):
+    from .emulator import schema
+
+    _, causes = schema.admit(graph_with(path, value), crd_schema())
+    assert any(message in f"{c['field']}: {c['message']}" for c in causes), causes
+
+
+def test_crd_schema_prunes_unknown_fields_keeps_preserved_ones_and_defaults():
+    from .emulator import schema
+
+    graph = graph_with("spec.services.decode.replicaz", 3)
+    graph["spec"]["engine"]["extraArgs"] = {"anything": {"goes": [1, 2]}}
+    dropped, causes = schema.admit(graph, crd_schema())
+    assert (dropped, causes) == (["spec.services.decode.replicaz"], [])
+    assert graph["spec"]["engine"]["extraArgs"] == {"anything": {"goes": [1, 2]}}
+    assert graph["spec"]["engine"]["maxNumSeqs"] == 64  # a default filled in
+    assert graph["spec"]["services"]["decode"]["tensorParallelSize"] == 1
