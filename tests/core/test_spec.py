@@ -52,6 +52,27 @@ def test_shipped_configs_are_valid(path):
             "spec.routing.strategy kv",
         ),
         ({"routing": {"kv": {"temperature": -1}}}, "spec.routing.kv.temperature", "greater than or equal"),
+        (
+            {"services": {"frontend": {"autoscaling": {"enabled": True}}}},
+            "spec",
+            "services.frontend.autoscaling",
+        ),
+        (
+            {"services": {"decode": {"autoscaling": {"enabled": True, "minReplicas": 0}}}},
+            "spec",
+            "services.decode.autoscaling.minReplicas",
+        ),
+        (
+            {"services": {"decode": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}},
+            "spec.services.decode.autoscaling",
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (
+            {"services": {"decode": {"autoscaling": {"targets": {"kvUsage": 1.5}}}}},
+            "spec.services.decode.autoscaling.targets.kvUsage",
+            "less than or equal to 1",
+        ),
+        ({"planner": {"policy": "magic"}}, "spec.planner.policy", "'sla'"),
     ],
 )
 def test_invalid_spec_names_the_field(spec, field, text):

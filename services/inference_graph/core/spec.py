@@ -273,7 +273,8 @@ class RdmaSpec(_Model):
     count: int = Field(default=1, ge=1, description="RDMA devices per pod (request = limit).")
     networks: list[
         Annotated[
-            str, StringConstraints(pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(@[A-Za-z0-9_.-]+)?$")
+            str,
+            StringConstraints(pattern=r"^([a-z0-9-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(@[A-Za-z0-9_.-]+)?$"),
         ]
     ] = Field(
         default_factory=list,
@@ -305,6 +306,60 @@ class RdmaSpec(_Model):
         return value
 
 
+class AutoscalingTargets(_Model):
+    """What the planner holds a role to. The SLA policy uses the latencies, the load policy the loads."""
+
+    ttft_ms: float = Field(
+        default=500.0, gt=0, description="Time to first token target (p90 of an interval), prefill's SLA."
+    )
+    itl_ms: float = Field(
+        default=50.0, gt=0, description="Inter-token latency target (p90 of an interval), decode's SLA."
+    )
+    queue_per_replica: float = Field(
+        default=2.0,
+        gt=0,
+        description="Load policy, prefill: prefill requests queued or running per replica to aim for.",
+    )
+    kv_usage: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="Load policy, decode: KV cache usage (fraction of blocks) per replica to aim for.",
+    )
+
+
+class AutoscalingSpec(_Model):
+    """Replicas chosen by the planner (prefill and decode only). Manual ``replicas`` applies when disabled."""
+
+    enabled: bool = Field(default=False, description="Let the planner set this role's replicas.")
+    min_replicas: int = Field(
+        default=1, ge=0, description="Fewest replicas (prefill may be 0: decode then prefills locally)."
+    )
+    max_replicas: int = Field(default=8, ge=1, description="Most replicas.")
+    targets: AutoscalingTargets = Field(
+        default_factory=AutoscalingTargets, description="Latency and load targets of this role."
+    )
+    scale_up_stabilization_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Scale up to the lowest recommendation of this window (0: act on the newest at once).",
+    )
+    scale_down_stabilization_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Scale down to the highest recommendation of this window; also the shortest time "
+        "between two changes of direction.",
+    )
+    max_scale_up_step: int = Field(default=4, ge=1, description="Most replicas added by one decision.")
+    max_scale_down_step: int = Field(default=1, ge=1, description="Most replicas removed by one decision.")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
 class ServiceSpec(_Model):
     replicas: int = Field(
         default=1, ge=0, description="Number of processes (pods in Kubernetes) of this role."
@@ -332,6 +387,10 @@ class ServiceSpec(_Model):
         default_factory=RdmaSpec,
         description="RDMA preset (Kubernetes): device resource, IPC_LOCK/SYS_RESOURCE, /dev/shm, Multus "
         "networks, UCX env; for KV transfer between workers.",
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec,
+        description="Planner-chosen replicas (prefill and decode roles only).",
     )
 
 
@@ -381,6 +440,30 @@ class InfrastructureSpec(_Model):
     etcd: EtcdSpec = Field(default_factory=EtcdSpec, description="Discovery of instances, under leases.")
 
 
+class PlannerPolicy(enum.StrEnum):
+    LOAD = "load"
+    SLA = "sla"
+
+
+class RatioBounds(_Model):
+    min: float | None = Field(default=None, ge=0, description="Fewest prefill replicas per decode replica.")
+    max: float | None = Field(default=None, gt=0, description="Most prefill replicas per decode replica.")
+
+
+class PlannerSpec(_Model):
+    """How the planner decides, for the roles with ``autoscaling.enabled``."""
+
+    policy: PlannerPolicy = Field(
+        default=PlannerPolicy.SLA,
+        description="sla: predict the next interval's demand and size each role from its measured "
+        "capacity; load: thresholds on queue depth and KV usage with hysteresis.",
+    )
+    interval_seconds: float = Field(default=10.0, gt=0, description="Seconds between two decisions.")
+    prefill_decode_ratio: RatioBounds = Field(
+        default_factory=RatioBounds, description="Optional bounds on prefill replicas per decode replica."
+    )
+
+
 class GraphSpec(_Model):
     model: ModelSpec = Field(description="The model every worker serves.")
     engine: EngineSpec = Field(
@@ -396,12 +479,26 @@ class GraphSpec(_Model):
     infrastructure: InfrastructureSpec = Field(
         default_factory=InfrastructureSpec, description="Where NATS and etcd are; unset means the defaults."
     )
+    planner: PlannerSpec = Field(
+        default_factory=PlannerSpec,
+        description="Autoscaling of prefill and decode (roles with autoscaling.enabled).",
+    )
 
     @model_validator(mode="after")
     def _prefill_needs_disaggregation(self) -> GraphSpec:
         prefill = self.services.prefill
         if prefill is not None and prefill.replicas > 0 and not self.disaggregation.enabled:
             raise ValueError("services.prefill needs disaggregation.enabled: true")
+        return self
+
+    @model_validator(mode="after")
+    def _autoscaling_only_for_workers(self) -> GraphSpec:
+        for role in ("frontend", "processor", "router"):
+            service = getattr(self.services, role)
+            if service is not None and service.autoscaling.enabled:
+                raise ValueError(f"services.{role}.autoscaling: only prefill and decode autoscale")
+        if self.services.decode.autoscaling.enabled and self.services.decode.autoscaling.min_replicas < 1:
+            raise ValueError("services.decode.autoscaling.minReplicas must be at least 1")
         return self
 
     @model_validator(mode="after")
