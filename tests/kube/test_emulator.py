@@ -710,3 +710,24 @@ def test_crd_schema_prunes_unknown_fields_keeps_preserved_ones_and_defaults():
     assert graph["spec"]["engine"]["extraArgs"] == {"anything": {"goes": [1, 2]}}
     assert graph["spec"]["engine"]["maxNumSeqs"] == 64  # a default filled in
     assert graph["spec"]["services"]["decode"]["tensorParallelSize"] == 1
+
+
+def test_watch_from_a_forgotten_resource_version_gets_410_expired():
+    """As kube-apiserver does: HTTP 200 and one ERROR event carrying a 410 Expired Status."""
+    from .emulator import Api, EmulatorServer
+
+    with EmulatorServer(Api(history=5)) as server:
+        configuration = client.Configuration()
+        configuration.host = server.url
+        with client.ApiClient(configuration) as api_client:
+            core = client.CoreV1Api(api_client)
+            first = core.create_namespaced_config_map("default", {"metadata": {"name": "c0"}})
+            for i in range(1, 10):
+                core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
+        rv = first.metadata.resource_version
+        url = f"{server.url}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            status, (line, *rest) = response.status, response.read().splitlines()
+    event = json.loads(line)
+    assert (status, rest, event["type"]) == (200, [], "ERROR")
+    assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")

@@ -30,8 +30,8 @@ DEFAULT = WriteOptions()
 
 
 class Api:
-    def __init__(self) -> None:
-        self.store = Store()
+    def __init__(self, history: int = 100_000) -> None:
+        self.store = Store(history)  # watch events kept for watches that start from a resourceVersion
         self.registry = Registry()
         self.lifecycle = Lifecycle(self.store, self.registry)
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):

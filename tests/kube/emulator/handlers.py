@@ -207,7 +207,15 @@ class Handlers:
 
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
-        watch, replay, current_rv = self._subscribe(target, query)
+        try:
+            watch, replay, current_rv = self._subscribe(target, query)
+        except (
+            ApiError
+        ) as exc:  # e.g. 410 Expired: the real server says so as a watch event, not a status code
+            response = web.StreamResponse(headers={"Content-Type": JSON})
+            await response.prepare(request)
+            await response.write(json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n")
+            return response
         send = functools.partial(
             self._send, as_table=table.wants_table(request.headers.get("Accept", "")),
             include=query.get("includeObject", "Metadata"),
