@@ -71,6 +71,15 @@ class GraphController:
         self.advisor = advisor
         self.clock = clock
         self._queued: dict[tuple[str, str], bool] = {}  # key -> another pass requested while running
+        self._current: dict[str, int] = {}  # graph uid -> generation last reconciled without failures
+
+    def forget(self, uid: str | None) -> None:
+        self._current.pop(uid, None)
+
+    def is_current(self, uid: str | None, generation: int | None) -> bool:
+        """Whether a pass already applied this generation of this object (its children events still
+        trigger passes, so drift is repaired whatever this says)."""
+        return uid is not None and generation is not None and self._current.get(uid) == generation
 
     # ------------------------------------------------------------ one pass (blocking)
 
@@ -90,6 +99,11 @@ class GraphController:
         if patch is not None:
             self.api.patch_graph_status(namespace, name, patch)
         result.status = status
+        meta = body["metadata"]
+        if result.failures or problems.conflicts:
+            self._current.pop(meta["uid"], None)
+        else:
+            self._current[meta["uid"]] = meta.get("generation")
         return result
 
     def _apply(

@@ -1,14 +1,19 @@
 """kopf glue: which events lead to a reconcile pass. All decisions live in ``reconcile``.
 
-- An InferenceGraph is created, changed, or found at start-up (``resume``: an operator
-  restart converges the same way a first start does) → a pass for it.
+- An InferenceGraph's watch event (created, changed, or listed at start-up: an operator
+  restart converges the same way a first start does) → a pass for it, unless the
+  controller has already reconciled this object (uid) at this generation: the operator's
+  own status writes do not change the generation and cost no pass.
 - A child (Deployment, Service, ConfigMap with our ``managed-by`` label) changes or
   is deleted → a pass for the graph that controls it: drift is undone and the status
   follows the Deployments' readiness.
 - A timer per graph → a pass every ``resync_seconds``, in case a watch event was missed.
 
-No finalizers and no delete handler: children go with their owner through the garbage
-collector. Progress is kept in annotations (the status belongs to the graph's schema).
+Only event handlers and a timer, so kopf keeps no state on the graph (no progress or
+diff-base annotations, no finalizer): a pass is idempotent and reads everything fresh, so
+there is nothing to remember, and children go with their owner through the garbage
+collector. Failed writes show in the status (``ApplyFailed``) and are retried by the next
+event or the timer.
 """
 
 from __future__ import annotations
@@ -32,7 +37,17 @@ CHILD_RESOURCES = (("", "v1", "configmaps"), ("", "v1", "services"), ("apps", "v
 ANNOTATION_PREFIX = API_GROUP
 
 
-async def graph_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def graph_event(body: Mapping[str, Any], type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    meta = body["metadata"]
+    if type == "DELETED":
+        memo.controller.forget(meta.get("uid"))
+        return
+    if memo.controller.is_current(meta.get("uid"), meta.get("generation")):
+        return
+    await memo.controller.request(meta["namespace"], meta["name"])
+
+
+async def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo.controller.request(namespace, name)
 
 
@@ -63,6 +78,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # an int: kopf compares it with record levels
+    # Unused while every handler is an event handler or a timer; set so that a state-keeping
+    # handler added later keeps its progress in annotations, not in our status schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -75,11 +92,10 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     graph = (API_GROUP, VERSION, PLURAL)
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(configure)
-    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*graph, registry=registry, id="reconcile")(graph_changed)
+    kopf.on.event(*graph, registry=registry)(graph_event)
     kopf.timer(
         *graph, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds
-    )(graph_changed)
+    )(resync)
     for group, version, plural in CHILD_RESOURCES:
         kopf.on.event(group, version, plural, registry=registry, labels={MANAGED_BY_LABEL: MANAGED_BY})(
             child_changed

@@ -200,6 +200,9 @@ def test_create_every_config_children_status_and_printer_columns(cluster, operat
             )
         status = ig["status"]
         assert status["phase"] == "Progressing"  # nothing is ready: the emulator runs no pods yet
+        annotations = ig["metadata"].get("annotations") or {}
+        assert not [k for k in annotations if "kopf" in k or k.startswith("inferencegraph.dev/")]
+        assert not ig["metadata"].get("finalizers")  # kopf keeps no state on the graph
         assert status["endpoint"] == f"http://{name}-frontend.default.svc:8000"
         assert condition(ig, "Ready")["status"] == "False"
 

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import inference_graph_operator
 from inference_graph.core.spec import Role, parse_graph
 from inference_graph_operator.config import DEFAULT_LIVENESS, OperatorConfig
 from inference_graph_operator.controller import GraphController
-from inference_graph_operator.handlers import controlling_graph
+from inference_graph_operator.handlers import controlling_graph, graph_event
 from inference_graph_operator.kube import ApiError
 from inference_graph_operator.reconcile import (
     Desired,
@@ -480,3 +481,24 @@ def test_a_patch_the_server_normalizes_away_is_not_progress():
     assert "patch g-processor" in api.writes  # the drift check cannot tell 0.5 from 500m ...
     assert result.actions == [] and not result.changed  # ... but the unchanged resourceVersion can
     assert api.graph["status"]["phase"] == "Ready"
+
+
+async def test_graph_events_skip_a_generation_already_reconciled():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    memo = SimpleNamespace(controller=controller)
+    passes = []
+    original = controller.reconcile
+    controller.reconcile = lambda ns, name: passes.append(name) or original(ns, name)
+
+    await graph_event(body=api.graph, type="ADDED", memo=memo)
+    await graph_event(body=api.graph, type="MODIFIED", memo=memo)  # our own status write
+    assert passes == ["g"]
+    api.graph["metadata"]["generation"] = 4  # a spec change
+    await graph_event(body=api.graph, type="MODIFIED", memo=memo)
+    assert passes == ["g", "g"]
+    await graph_event(body=api.graph, type="DELETED", memo=memo)
+    recreated = {**api.graph, "metadata": {**api.graph["metadata"], "uid": "new-uid", "generation": 1}}
+    api.graph = recreated
+    await graph_event(body=recreated, type="ADDED", memo=memo)  # same name, new object
+    assert passes == ["g", "g", "g"]
