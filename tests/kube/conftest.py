@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from .common import KUBE_VERSIONS
 from .emulator import EmulatorServer
@@ -50,10 +49,9 @@ class KubeApi:
         self.server = server
         self.api = server.api
         self.url = server.url
-        self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         self._cache = workdir / "kube-cache"  # kubectl's discovery cache, per cluster, not in $HOME
         self._cached_generation = -1
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.url)))
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
@@ -103,19 +101,6 @@ class KubeApi:
     def set_workloads_ready(self, namespace: str | None = None) -> list[dict]:
         """Deployments and StatefulSets, as their controllers report them once every pod is ready."""
         return self.api.lifecycle.readiness.set_ready(WORKLOADS, namespace)
-
-
-def kubeconfig(url: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "emulator"}}],
-        "contexts": [
-            {"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}
-        ],
-        "current-context": "emulator",
-    }
 
 
 @pytest.fixture

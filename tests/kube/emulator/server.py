@@ -7,19 +7,35 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from .api import Api
 from .handlers import Handlers
 
 
+def kubeconfig(url: str) -> dict[str, Any]:
+    """A kubeconfig for the emulator at `url` (any token is accepted: there is no authentication)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "tester", "user": {"token": "emulator"}}],
+        "contexts": [
+            {"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}
+        ],
+        "current-context": "emulator",
+    }
+
+
 class EmulatorServer:
-    def __init__(self, api: Api | None = None, host: str = "127.0.0.1"):
+    def __init__(self, api: Api | None = None, host: str = "127.0.0.1", port: int = 0):
         self.api = api or Api()
         self.host = host
-        self.port = 0
+        self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-api-emulator", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -27,6 +43,10 @@ class EmulatorServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(yaml.safe_dump(kubeconfig(self.url)))
+        return path
 
     def start(self) -> EmulatorServer:
         self._thread.start()
@@ -43,7 +63,7 @@ class EmulatorServer:
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((self.host, 0))
+        sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
