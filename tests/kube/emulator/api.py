@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import builtin_schema, objects, patching, schema
-from .errors import ApiError, already_exists, bad_request, invalid, method_not_allowed, not_found, stale
+from .errors import (
+    ApiError,
+    already_exists,
+    bad_request,
+    invalid,
+    method_not_allowed,
+    not_found,
+    stale,
+    unsupported_media_type,
+)
 from .lifecycle import Lifecycle
 from .resources import Registry, ResourceType
 from .selectors import field_selector, label_selector
@@ -55,9 +64,10 @@ class Api:
                 if by_label(o) and by_field(o)
             ]
             rv = str(self.store.resource_version)
-        for item in items:  # list items carry no apiVersion/kind in the real API; clients tolerate both
-            item.pop("apiVersion", None)
-            item.pop("kind", None)
+        if rtype.crd is None:  # typed lists of built-in kinds leave apiVersion/kind out of their items
+            for item in items:
+                item.pop("apiVersion", None)
+                item.pop("kind", None)
         return {
             "apiVersion": rtype.group_version,
             "kind": rtype.list_kind,
@@ -124,10 +134,8 @@ class Api:
         opts: WriteOptions = DEFAULT,
     ) -> Obj:
         if content_type == patching.STRATEGIC and rtype.crd is not None:
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                f"the body of the request was in an unknown format - accepted media types include: {patching.JSON_PATCH}, {patching.MERGE_PATCH}, {patching.APPLY}",
+            raise unsupported_media_type(
+                ", ".join((patching.JSON_PATCH, patching.MERGE_PATCH, patching.APPLY))
             )
         with self.store.lock:
             live = self.store.get(rtype.key, namespace if rtype.namespaced else None, name)
