@@ -135,7 +135,15 @@ def desired_children(
     except SpecError as err:
         return Desired(graph=None, error=err)
     replicas = decide_replicas(graph, recommended)
-    return Desired(graph=graph, children=render(graph, owner_of(body), defaults, replicas), replicas=replicas)
+    children = render(graph, owner_of(body), defaults, replicas)
+    too_long = [
+        c["metadata"]["name"] for c in children if c["kind"] == "Service" and len(c["metadata"]["name"]) > 63
+    ]
+    if too_long:  # a Service name is a DNS label; the API server would refuse it after the rest exists
+        spare = 63 - (len(too_long[0]) - len(graph.metadata.name))
+        message = f"at most {spare} characters: the Service {too_long[0]} would exceed 63"
+        return Desired(graph=None, error=SpecError("metadata.name", message))
+    return Desired(graph=graph, children=children, replicas=replicas)
 
 
 # ---------------------------------------------------------------- plan

@@ -174,6 +174,16 @@ def test_invalid_spec_renders_nothing_and_names_the_field():
     assert "disaggregation.enabled" in str(desired.error)
 
 
+def test_a_name_too_long_for_the_frontend_service_is_a_spec_error():
+    body = graph_body()
+    body["metadata"]["name"] = "g" * 54  # a valid graph name; "<name>-frontend" is 63
+    assert rendered(body).error is None
+    body["metadata"]["name"] = "g" * 55
+    desired = rendered(body)
+    assert desired.children == [] and desired.error.field == "metadata.name"
+    assert "at most 54 characters" in str(desired.error)
+
+
 def test_replicas_come_from_the_spec_unless_the_planner_recommends():
     graph = parse_graph({k: v for k, v in graph_body().items() if k != "status"})
     assert decide_replicas(graph) == {Role.FRONTEND: 1, Role.PROCESSOR: 1, Role.DECODE: 2, Role.PREFILL: 1}
