@@ -731,3 +731,26 @@ def test_watch_from_a_forgotten_resource_version_gets_410_expired():
     event = json.loads(line)
     assert (status, rest, event["type"]) == (200, [], "ERROR")
     assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
+
+
+def test_an_emulator_bug_is_a_500_status_not_a_hang(kube_api, core, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(kube_api.api, "get", broken)
+    with pytest.raises(ApiException) as failed:
+        core.read_namespace("default")
+    assert failed.value.status == 500
+    assert status_of(failed.value)["message"] == "emulator error: RuntimeError('boom')"
+
+
+def test_changing_a_crd_changes_what_is_served(with_crd):
+    with_crd.kubectl("apply", "-f", str(CONFIGS[0]))
+    crd = load(CRD)
+    crd["spec"]["versions"][0]["additionalPrinterColumns"] = [
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"}
+    ]
+    with_crd.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd))
+    header, row = with_crd.kubectl("get", "ig").stdout.splitlines()
+    assert header.split() == ["NAME", "MODEL"]
+    assert row.split()[1] == load(CONFIGS[0])["spec"]["model"]["name"]

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from .selectors import field_selector, label_selector
 from .store import Event, Watch, namespace_of
 from .workloads import scale_of
 
+log = logging.getLogger(__name__)
 DEFAULT_WATCH_TIMEOUT = 1800.0  # kube-apiserver picks 30-60 min when the client sets none
 JSON = "application/json"
 
@@ -57,6 +59,9 @@ class Handlers:
             return await self._route(request)
         except ApiError as exc:
             return _json(exc.status(), exc.code)
+        except Exception as exc:  # an emulator bug: tell the client in the API's own terms, and the log
+            log.exception("%s %s failed", request.method, request.path_qs)
+            return _json(ApiError(500, "InternalError", f"emulator error: {exc!r}").status(), 500)
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
