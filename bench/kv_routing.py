@@ -291,6 +291,7 @@ def summarise(args, results: list[dict], wall: float) -> dict:
         "cached_fraction": sum(r["cached_tokens"] for r in ok) / max(1, prompt),
         "ttft_ms": {q: 1000 * pct([r["ttft"] for r in ok], v) for q, v in (("p50", 0.5), ("p99", 0.99))},
         "e2e_ms_p50": 1000 * pct([r["e2e"] for r in ok], 0.5),
+        "ttft_ms_all": [round(1000 * r["ttft"], 1) for r in ok],  # for tail analysis across runs
         "req_per_s": len(measured) / wall,
         "wall_s": wall,
     }
