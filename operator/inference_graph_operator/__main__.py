@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"inference_graph_operator: no usable Kubernetes credentials: {err}")
     controller = GraphController(api, config.defaults)
     kopf.run(
-        registry=make_registry(config),
-        memo=memo_for(controller),
+        registry=make_registry(),
+        memo=memo_for(controller, config),
         standalone=True,  # one replica (the chart's Deployment is Recreate); no peering CRDs needed
         clusterwide=not config.namespace,
         namespaces=[config.namespace] if config.namespace else (),

@@ -172,10 +172,21 @@ class GraphController:
         finally:
             del self._queued[key]
 
+    async def resync_forever(self, namespace: str, interval: float) -> None:
+        """Every ``interval`` seconds, a pass over every graph (in ``namespace``; "" = all)."""
+        while True:
+            await asyncio.sleep(interval)  # the resync period, not a wait for something to happen
+            try:
+                graphs = await asyncio.to_thread(self.api.list_graphs, namespace)
+            except ApiError as err:
+                log.warning("resync: listing graphs: %s", err)
+                continue
+            await asyncio.gather(*(self.request(ns, name) for ns, name in graphs))
+
     async def _pass(self, namespace: str, name: str) -> None:
         try:
             result = await asyncio.to_thread(self.reconcile, namespace, name)
-        except ApiError as err:  # reading failed: the next event or the resync timer retries
+        except ApiError as err:  # reading failed: the next event or the resync retries
             log.warning("reconcile %s/%s: %s", namespace, name, err)
             return
         for line in result.actions:

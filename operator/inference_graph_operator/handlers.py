@@ -7,17 +7,21 @@
 - A child (Deployment, Service, ConfigMap with our ``managed-by`` label) changes or
   is deleted → a pass for the graph that controls it: drift is undone and the status
   follows the Deployments' readiness.
-- A timer per graph → a pass every ``resync_seconds``, in case a watch event was missed.
+- Every ``resync_seconds`` the controller lists the graphs and passes over each, in case a
+  watch event was missed or a write failed (an operator-wide task started and stopped with
+  kopf, not a kopf timer: kopf puts a finalizer on every object that has timers, and a
+  finalizer left behind by an uninstalled operator blocks the graph's deletion).
 
-Only event handlers and a timer, so kopf keeps no state on the graph (no progress or
-diff-base annotations, no finalizer): a pass is idempotent and reads everything fresh, so
-there is nothing to remember, and children go with their owner through the garbage
-collector. Failed writes show in the status (``ApplyFailed``) and are retried by the next
-event or the timer.
+Only event handlers, so kopf keeps no state on the graph (no progress or diff-base
+annotations, no finalizer): a pass is idempotent and reads everything fresh, so there is
+nothing to remember, and children go with their owner through the garbage collector.
+Failed writes show in the status (``ApplyFailed``) and are retried by the next event or
+the resync.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -47,8 +51,16 @@ async def graph_event(body: Mapping[str, Any], type: str | None, memo: kopf.Memo
     await memo.controller.request(meta["namespace"], meta["name"])
 
 
-async def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await memo.controller.request(namespace, name)
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync_task = asyncio.create_task(
+        memo.controller.resync_forever(memo.namespace, memo.resync_seconds)
+    )
+
+
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
 
 
 async def child_changed(body: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
@@ -78,7 +90,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # an int: kopf compares it with record levels
-    # Unused while every handler is an event handler or a timer; set so that a state-keeping
+    # Unused while every handler is an event handler; set so that a state-keeping
     # handler added later keeps its progress in annotations, not in our status schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -87,15 +99,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300  # re-list now and then: a missed event heals itself
 
 
-def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+def make_registry() -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     graph = (API_GROUP, VERSION, PLURAL)
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(configure)
+    kopf.on.startup(registry=registry)(start_resync)
+    kopf.on.cleanup(registry=registry)(stop_resync)
     kopf.on.event(*graph, registry=registry)(graph_event)
-    kopf.timer(
-        *graph, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds
-    )(resync)
     for group, version, plural in CHILD_RESOURCES:
         kopf.on.event(group, version, plural, registry=registry, labels={MANAGED_BY_LABEL: MANAGED_BY})(
             child_changed
@@ -103,5 +114,5 @@ def make_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     return registry
 
 
-def memo_for(controller: GraphController) -> kopf.Memo:
-    return kopf.Memo(controller=controller)
+def memo_for(controller: GraphController, config: OperatorConfig) -> kopf.Memo:
+    return kopf.Memo(controller=controller, namespace=config.namespace, resync_seconds=config.resync_seconds)

@@ -40,6 +40,7 @@ class ApiError(Exception):
 
 class KubeApi(Protocol):
     def get_graph(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_graphs(self, namespace: str) -> list[tuple[str, str]]: ...
     def list_children(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
@@ -110,6 +111,12 @@ class RestKubeApi:
 
     def get_graph(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(f"{GRAPH_PATH}/namespaces/{namespace}/{PLURAL}/{name}")
+
+    def list_graphs(self, namespace: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every graph in ``namespace``, or in all namespaces for ""."""
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        items = self._call("GET", f"{GRAPH_PATH}{scope}/{PLURAL}").get("items") or []
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self._get(f"{_collection(kind, namespace)}/{name}")

@@ -47,12 +47,13 @@ class Operator:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> Operator:
+    def start(self, resync_seconds: float = 300) -> Operator:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "IG_OPERATOR_LIVENESS": "",  # tests run side by side: no fixed port
-            "IG_RESYNC_SECONDS": "300",  # repairs must come from watch events, not the timer
+            # 300: repairs must come from watch events, not from the periodic resync
+            "IG_RESYNC_SECONDS": str(resync_seconds),
             "IG_RUNTIME_IMAGE": "registry.example/runtime:test",
         }
         log = self.log_path.open("a")
@@ -429,6 +430,13 @@ def test_an_object_owned_by_someone_else_is_reported_and_left_alone(cluster, ope
     wait_for(lambda: set(children(cluster, "pd")) == want, "the other children created")
     foreign = get(cluster, "/api/v1/namespaces/default/configmaps/pd-graph")
     assert foreign["data"] == {"owner": "someone-else"} and not foreign["metadata"].get("ownerReferences")
+
+    # The foreign object goes: no event of ours says so (it has not our labels); the resync notices.
+    operator.stop()
+    operator.start(resync_seconds=1)
+    cluster.kubectl("delete", "configmap", "pd-graph")
+    ig = wait_for(converged(cluster, "pd", expected_children(DISAGG)), "our ConfigMap after the resync")
+    assert condition(ig, "Degraded")["reason"] == "AsExpected"
 
 
 def test_rest_api_maps_error_responses_to_api_errors(cluster):

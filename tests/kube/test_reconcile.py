@@ -339,6 +339,9 @@ class MemoryApi:
     def get_graph(self, namespace, name):
         return copy.deepcopy(self.graph) if self.graph else None
 
+    def list_graphs(self, namespace):
+        return [("ns", self.graph["metadata"]["name"])] if self.graph else []
+
     def list_children(self, namespace, selector):
         instance = selector.split(",")[0].split("=")[1]
         return [
@@ -525,3 +528,31 @@ def test_chart_rbac_grants_the_graph_calls_the_operator_makes_and_no_more():
         "inferencegraphs/status": ["get", "patch"],
         "inferencegraphs/finalizers": ["update"],
     }
+
+
+async def test_the_resync_passes_over_every_graph_periodically():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    loop = asyncio.get_running_loop()
+    passed = asyncio.Event()
+    original = controller.reconcile
+
+    def signalling(namespace, name):  # runs in a thread: hand the signal to the loop
+        result = original(namespace, name)
+        loop.call_soon_threadsafe(passed.set)
+        return result
+
+    async def after_passes_until(condition) -> None:
+        while not condition():  # re-checked after every pass; wait_for below is the deadline
+            passed.clear()
+            await passed.wait()
+
+    controller.reconcile = signalling
+    task = asyncio.create_task(controller.resync_forever("", interval=0.01))
+    try:
+        # no event comes: the resync creates the children, and brings back a deleted one
+        await asyncio.wait_for(after_passes_until(lambda: len(api.objects) == 6), 10)
+        api.objects.pop(("Service", "g-frontend"))
+        await asyncio.wait_for(after_passes_until(lambda: ("Service", "g-frontend") in api.objects), 10)
+    finally:
+        task.cancel()
