@@ -754,3 +754,94 @@ def test_changing_a_crd_changes_what_is_served(with_crd):
     header, row = with_crd.kubectl("get", "ig").stdout.splitlines()
     assert header.split() == ["NAME", "MODEL"]
     assert row.split()[1] == load(CONFIGS[0])["spec"]["model"]["name"]
+
+
+# --- value validation of metadata and built-in kinds (no server) -----------------------------------
+
+
+def deployment(**changes) -> dict:
+    manifest = yaml.safe_load(DEPLOYMENT)
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = manifest
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[leaf] = value
+    return manifest
+
+
+INVALID_BUILTINS = [
+    (
+        "Deployment",
+        deployment(metadata__name="Web"),
+        'metadata.name: Invalid value: "Web": a lowercase RFC 1123 subdomain',
+    ),
+    ("Deployment", deployment(metadata__labels={"team": "x" * 64}), 'metadata.labels: Invalid value: "xxx'),
+    (
+        "Deployment",
+        deployment(spec__selector={"matchLabels": {"app": "other"}}),
+        'spec.template.metadata.labels: Invalid value: map[string]string{"app":"web"}: `selector` does not match template `labels`',
+    ),
+    (
+        "Deployment",
+        deployment(spec__template__spec__containers=[{"name": "web"}]),
+        "spec.template.spec.containers[0].image: Required value",
+    ),
+    (
+        "Deployment",
+        deployment(spec__template__spec__containers=[{"name": "web", "image": "i", "env": [{"name": "1X"}]}]),
+        'spec.template.spec.containers[0].env[0].name: Invalid value: "1X"',
+    ),
+    (
+        "Service",
+        {"metadata": {"name": "1svc"}, "spec": {"ports": [{"port": 80}]}},
+        'metadata.name: Invalid value: "1svc": a DNS-1035 label',
+    ),
+    (
+        "Service",
+        {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}, {"port": 81, "name": "b"}]}},
+        "spec.ports[0].name: Required value",
+    ),
+    (
+        "Service",
+        {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 0}]}},
+        "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+    ),
+    (
+        "ConfigMap",
+        {"metadata": {"name": "cm"}, "data": {"a/b": "x"}},
+        'data[a/b]: Invalid value: "a/b": a valid config key',
+    ),
+    (
+        "Namespace",
+        {"metadata": {"name": "a.b"}},
+        'metadata.name: Invalid value: "a.b": a lowercase RFC 1123 label',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "manifest", "message"), INVALID_BUILTINS, ids=[f"{k}-{m[:40]}" for k, _, m in INVALID_BUILTINS]
+)
+def test_builtin_values_are_validated_like_the_api_server(kind, manifest, message):
+    from .emulator import Api
+    from .emulator.errors import ApiError
+
+    api = Api()
+    rtype = next(t for t in api.registry.all() if t.kind == kind and not (t.group == "events.k8s.io"))
+    with pytest.raises(ApiError) as rejected:
+        api.create(rtype, "default" if rtype.namespaced else None, manifest)
+    assert (rejected.value.code, rejected.value.reason) == (422, "Invalid")
+    assert message in rejected.value.message
+
+
+def test_a_deployment_selector_is_immutable(kube_api):
+    kube_api.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+    changed = deployment(spec__selector={"matchLabels": {"app": "web", "tier": "x"}})
+    changed["spec"]["template"]["metadata"]["labels"]["tier"] = "x"
+    result = kube_api.kubectl("apply", "-f", "-", input=yaml.safe_dump(changed), check=False)
+    assert (
+        result.returncode != 0
+        and "spec.selector: Invalid value" in result.stderr
+        and "field is immutable" in result.stderr
+    )

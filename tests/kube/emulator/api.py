@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from . import builtin_schema, objects, patching, schema
+from . import builtin_schema, objects, patching, schema, validation
 from .errors import (
     ApiError,
     already_exists,
@@ -188,11 +188,13 @@ class Api:
             raise not_found(rtype.plural, rtype.group, name)
         return live
 
-    def _admit(self, rtype: ResourceType, obj: Obj, strict: bool) -> None:
+    def _admit(self, rtype: ResourceType, obj: Obj, strict: bool, live: Obj | None = None) -> None:
+        """Prune (or, strict, reject) unknown fields, default, then validate: schema and values."""
         if rtype.crd is None:
             dropped, causes = builtin_schema.drop_unknown_fields(obj), []
         else:
             dropped, causes = schema.admit(obj, rtype.schema)
+        causes += validation.causes(rtype.key, obj, live, builtin=rtype.crd is None)
         name = obj["metadata"].get("name", "")
         if dropped and strict:
             fields = ", ".join(f'unknown field "{path}"' for path in dropped)
@@ -220,7 +222,7 @@ class Api:
             new = body
         new = objects.carry_system_fields(rtype, live, new)
         objects.apply_builtin_defaults(rtype, new)
-        self._admit(rtype, new, opts.strict)
+        self._admit(rtype, new, opts.strict, live)
         if objects.unchanged(live, new):
             return self.as_version(rtype, live)
         if opts.dry_run:
