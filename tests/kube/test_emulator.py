@@ -11,6 +11,7 @@ import queue
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -845,3 +846,32 @@ def test_a_deployment_selector_is_immutable(kube_api):
         and "spec.selector: Invalid value" in result.stderr
         and "field is immutable" in result.stderr
     )
+
+
+def test_write_preconditions_and_finalizer_rules(with_crd, core):
+    created = core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "a", "finalizers": ["test/a"]}}
+    )
+    with pytest.raises(ApiException) as wrong_uid:
+        core.patch_namespaced_config_map("a", "default", {"metadata": {"uid": "not-it"}, "data": {"k": "v"}})
+    assert (
+        wrong_uid.value.status == 409
+        and "Precondition failed: UID in precondition" in status_of(wrong_uid.value)["message"]
+    )
+    core.delete_namespaced_config_map("a", "default")
+    with pytest.raises(ApiException) as more:
+        core.patch_namespaced_config_map("a", "default", {"metadata": {"finalizers": ["test/a", "test/b"]}})
+    assert more.value.status == 422 and "no new finalizers can be added" in status_of(more.value)["message"]
+    assert created.metadata.uid == core.read_namespaced_config_map("a", "default").metadata.uid
+
+    with_crd.kubectl("apply", "-f", str(CONFIGS[0]))
+    graph = load(CONFIGS[0])  # a PUT of a custom resource without resourceVersion (kubectl replace adds one)
+    name = graph["metadata"]["name"]
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/{name}"
+    request = urllib.request.Request(f"{with_crd.url}{path}", json.dumps(graph).encode(), method="PUT")
+    request.add_header("Content-Type", "application/json")
+    with pytest.raises(urllib.error.HTTPError) as put:
+        urllib.request.urlopen(request, timeout=10)
+    body = json.loads(put.value.read())
+    assert (put.value.code, body["reason"]) == (422, "Invalid")
+    assert "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update" in body["message"]

@@ -8,6 +8,7 @@ finalizers, garbage collection) in `lifecycle.Lifecycle`.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from .errors import (
     ApiError,
     already_exists,
     bad_request,
+    conflict,
     invalid,
     method_not_allowed,
     not_found,
@@ -120,6 +122,14 @@ class Api:
             live = self._live(rtype, namespace, name)
             if subresource == "scale":
                 return self._write_scale(rtype, live, body, opts)
+            if rtype.crd is not None and not body.get("metadata", {}).get("resourceVersion"):
+                # custom resources allow no unconditional update (built-in kinds mostly do)
+                cause = {
+                    "reason": "FieldValueInvalid",
+                    "field": "metadata.resourceVersion",
+                    "message": "Invalid value: 0x0: must be specified for an update",
+                }
+                raise invalid(rtype.kind, rtype.group, name, [cause])
             return self._store_write(rtype, live, body, subresource, opts)
 
     def patch(
@@ -211,9 +221,7 @@ class Api:
     ) -> Obj:
         if subresource not in (None, "status") or (subresource and subresource not in rtype.subresources):
             raise method_not_allowed()
-        rv = body.get("metadata", {}).get("resourceVersion")
-        if rv not in (None, "") and rv != live["metadata"]["resourceVersion"]:
-            raise stale(rtype.plural, rtype.group, live["metadata"]["name"])
+        self._check_preconditions(rtype, live, body)
         if subresource == "status":
             new = objects.only_status_from(live, body)
         elif "status" in rtype.subresources:
@@ -223,6 +231,7 @@ class Api:
         new = objects.carry_system_fields(rtype, live, new)
         objects.apply_builtin_defaults(rtype, new)
         self._admit(rtype, new, opts.strict, live)
+        self._check_finalizers(rtype, live, new)
         if objects.unchanged(live, new):
             return self.as_version(rtype, live)
         if opts.dry_run:
@@ -230,6 +239,34 @@ class Api:
         stored = self.store.put(rtype.key, new, "MODIFIED")
         self.lifecycle.after_write(rtype, stored)
         return self.as_version(rtype, stored)
+
+    @staticmethod
+    def _check_preconditions(rtype: ResourceType, live: Obj, body: Obj) -> None:
+        """A resourceVersion or uid in the body is a precondition on the live object."""
+        meta, name = body.get("metadata") or {}, live["metadata"]["name"]
+        if meta.get("resourceVersion") not in (None, "", live["metadata"]["resourceVersion"]):
+            raise stale(rtype.plural, rtype.group, name)
+        if meta.get("uid") not in (None, "", live["metadata"]["uid"]):
+            why = f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {live['metadata']['uid']}"
+            raise conflict(rtype.plural, rtype.group, name, why)
+
+    @staticmethod
+    def _check_finalizers(rtype: ResourceType, live: Obj, new: Obj) -> None:
+        """An object being deleted can lose finalizers but gain none."""
+        if not live["metadata"].get("deletionTimestamp"):
+            return
+        added = [
+            f
+            for f in new["metadata"].get("finalizers") or []
+            if f not in (live["metadata"].get("finalizers") or [])
+        ]
+        if added:
+            cause = {
+                "reason": "FieldValueForbidden",
+                "field": "metadata.finalizers",
+                "message": f"Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {json.dumps(added)}",
+            }
+            raise invalid(rtype.kind, rtype.group, live["metadata"]["name"], [cause])
 
     def _write_scale(self, rtype: ResourceType, live: Obj, scale: Obj, opts: WriteOptions) -> Obj:
         if "scale" not in rtype.subresources:
