@@ -875,3 +875,21 @@ def test_write_preconditions_and_finalizer_rules(with_crd, core):
     body = json.loads(put.value.read())
     assert (put.value.code, body["reason"]) == (422, "Invalid")
     assert "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update" in body["message"]
+
+
+def test_server_side_apply_removes_list_elements_by_merge_key(kube_api):
+    before = deployment()
+    before["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "A", "value": "1"},
+        {"name": "B", "value": "2"},
+    ]
+    before["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "busybox:1.37"})
+    apply = ("apply", "--server-side", "--field-manager=chart", "-f", "-")
+    kube_api.kubectl(*apply, input=yaml.safe_dump(before))
+    after = deployment()
+    after["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"}]
+    kube_api.kubectl(*apply, input=yaml.safe_dump(after))
+    live = yaml.safe_load(kube_api.kubectl("get", "deploy", "web", "-o", "yaml").stdout)
+    (container,) = live["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == [{"name": "A", "value": "1"}]
+    assert container["imagePullPolicy"] == "IfNotPresent"  # a server default nobody applied stays
