@@ -893,3 +893,27 @@ def test_server_side_apply_removes_list_elements_by_merge_key(kube_api):
     (container,) = live["spec"]["template"]["spec"]["containers"]
     assert container["env"] == [{"name": "A", "value": "1"}]
     assert container["imagePullPolicy"] == "IfNotPresent"  # a server default nobody applied stays
+
+
+def test_server_side_apply_conflicts_with_another_managers_change(kube_api):
+    apply = ("apply", "--server-side", "--field-manager=chart", "-f", "-")
+    kube_api.kubectl(*apply, input=DEPLOYMENT)
+    kube_api.kubectl("scale", "deploy", "web", "--replicas=5")  # an Update by the manager "kubectl"
+    refused = kube_api.kubectl(*apply, input=DEPLOYMENT, check=False)
+    assert refused.returncode != 0
+    assert (
+        'Apply failed with 1 conflict: conflict with "kubectl" using apps/v1: .spec.replicas'
+        in refused.stderr
+    )
+    assert kube_api.kubectl("get", "deploy", "web", "-o", "jsonpath={.spec.replicas}").stdout == "5"
+
+    same_value = deployment(spec__replicas=5)  # agreeing with the other manager is no conflict
+    kube_api.kubectl(*apply, input=yaml.safe_dump(same_value))
+    kube_api.kubectl(*apply[:-2], "--force-conflicts", "-f", "-", input=DEPLOYMENT)  # taking the field over
+    live = yaml.safe_load(
+        kube_api.kubectl("get", "deploy", "web", "-o", "yaml", "--show-managed-fields").stdout
+    )
+    assert live["spec"]["replicas"] == 2
+    owners = {e["manager"]: e["fieldsV1"] for e in live["metadata"]["managedFields"]}
+    assert "f:replicas" in owners["chart"]["f:spec"]
+    assert "f:replicas" not in owners.get("kubectl", {}).get("f:spec", {})

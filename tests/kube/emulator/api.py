@@ -8,11 +8,12 @@ finalizers, garbage collection) in `lifecycle.Lifecycle`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import builtin_schema, objects, patching, schema, validation
+from . import builtin_schema, managed_fields, objects, patching, schema, validation
 from .errors import (
     ApiError,
     already_exists,
@@ -35,6 +36,9 @@ from .workloads import scale_of
 class WriteOptions:
     strict: bool = False  # fieldValidation=Strict: unknown fields fail the request instead of being dropped
     dry_run: bool = False  # dryRun=All: admitted and answered, never stored
+    manager: str = ""  # fieldManager, or the client's user agent as the real server defaults it
+    force: bool = False  # server-side apply takes over fields other managers own
+    applied: bool = False  # the write is a server-side apply: its Apply entry is already in managedFields
 
 
 DEFAULT = WriteOptions()
@@ -101,6 +105,8 @@ class Api:
             ):
                 raise already_exists(rtype.plural, rtype.group, obj["metadata"]["name"])
             self.lifecycle.before_create(rtype, obj)
+            if not opts.applied:
+                managed_fields.record_update(None, obj, opts.manager)
             if opts.dry_run:
                 return self.as_version(rtype, obj)
             stored = self.store.put(rtype.key, obj, "ADDED")
@@ -140,26 +146,34 @@ class Api:
         content_type: str,
         body: Any,
         subresource: str | None,
-        manager: str,
         opts: WriteOptions = DEFAULT,
     ) -> Obj:
         if content_type == patching.STRATEGIC and rtype.crd is not None:
             raise unsupported_media_type(
                 ", ".join((patching.JSON_PATCH, patching.MERGE_PATCH, patching.APPLY))
             )
+        applying = content_type == patching.APPLY
         with self.store.lock:
             live = self.store.get(rtype.key, namespace if rtype.namespaced else None, name)
             if live is None:
-                if content_type == patching.APPLY and subresource is None:  # apply creates
-                    created = patching.server_side_apply(None, body, manager)
+                if applying and subresource is None:  # apply creates
+                    created = managed_fields.server_side_apply(None, body, opts.manager, opts.force)
                     created.setdefault("metadata", {})["name"] = name
-                    return self.create(rtype, namespace, created, opts)
+                    return self.create(rtype, namespace, created, dataclasses.replace(opts, applied=True))
                 raise not_found(rtype.plural, rtype.group, name)
             if subresource == "scale":
-                scale = patching.apply_patch(content_type, scale_of(live), body, manager)
+                scale = self._patched(content_type, scale_of(live), body, opts)
                 return self._write_scale(rtype, live, scale, opts)
-            patched = patching.apply_patch(content_type, self.as_version(rtype, live), body, manager)
-            return self._store_write(rtype, live, patched, subresource, opts)
+            patched = self._patched(content_type, self.as_version(rtype, live), body, opts)
+            return self._store_write(
+                rtype, live, patched, subresource, dataclasses.replace(opts, applied=applying)
+            )
+
+    @staticmethod
+    def _patched(content_type: str, target: Obj, body: Any, opts: WriteOptions) -> Obj:
+        if content_type == patching.APPLY:
+            return managed_fields.server_side_apply(target, body, opts.manager, opts.force)
+        return patching.apply_patch(content_type, target, body)
 
     def delete(self, rtype: ResourceType, namespace: str | None, name: str, options: dict[str, Any]) -> Obj:
         with self.store.lock:
@@ -232,6 +246,8 @@ class Api:
         objects.apply_builtin_defaults(rtype, new)
         self._admit(rtype, new, opts.strict, live)
         self._check_finalizers(rtype, live, new)
+        if not opts.applied:
+            managed_fields.record_update(live, new, opts.manager)
         if objects.unchanged(live, new):
             return self.as_version(rtype, live)
         if opts.dry_run:

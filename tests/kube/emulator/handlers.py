@@ -138,7 +138,13 @@ class Handlers:
 
     async def _verb(self, request: web.Request, target: Target) -> web.StreamResponse:
         query = request.query
-        opts = WriteOptions(strict=query.get("fieldValidation") == "Strict", dry_run="dryRun" in query)
+        opts = WriteOptions(
+            strict=query.get("fieldValidation") == "Strict",
+            dry_run="dryRun" in query,
+            # the real server names an unnamed manager after the client's user agent ("kubectl/v1.37...")
+            manager=query.get("fieldManager") or request.headers.get("User-Agent", "unknown").split("/")[0],
+            force=_truthy(query.get("force")),
+        )
         if target.name is None:
             return await self._collection_verb(request, target, opts)
         return await self._object_verb(request, target, opts)
@@ -177,8 +183,9 @@ class Handlers:
         if method == "PATCH":
             content_type = request.content_type
             body = await self._body(request, yaml_ok=content_type == patching.APPLY)
-            manager = request.query.get("fieldManager", "")
-            return _json(api.patch(*where, content_type, body, target.subresource, manager, opts))
+            if content_type == patching.APPLY and not request.query.get("fieldManager"):
+                raise bad_request("PATCH, application/apply-patch+yaml requires fieldManager to be set")
+            return _json(api.patch(*where, content_type, body, target.subresource, opts))
         if method == "DELETE" and target.subresource is None:
             return _json(api.delete(*where, await self._delete_options(request)))
         raise method_not_allowed()

@@ -1,22 +1,18 @@
-"""PATCH bodies: JSON merge patch, JSON patch, strategic merge patch and server-side apply.
+"""PATCH bodies: JSON merge patch, JSON patch and strategic merge patch (server-side apply, which
+builds on strategic merge, is in managed_fields).
 
 Strategic merge uses the merge keys of the lists the project's kinds carry (containers, env, ports,
-volumes...); other lists are replaced, as with a JSON merge patch. Server-side apply is approximated:
-the applied configuration wins over the live object (no field-ownership conflicts), and fields that the
-same manager applied before and no longer applies are removed. The manager's field set is kept in
-`metadata.managedFields` (FieldsV1), as the real API does.
+volumes...); other lists are replaced, as with a JSON merge patch.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
-import json
 from typing import Any
 
 import jsonpatch
 
-from .errors import ApiError, bad_request, unsupported_media_type
+from .errors import ApiError, unsupported_media_type
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -126,94 +122,12 @@ def strategic_merge(target: Any, patch: Any) -> Any:
     return result
 
 
-# --- server-side apply -----------------------------------------------------------------------------
-
-
-def _list_item_key(field: str, items: list[Any]) -> str | None:
-    key = merge_key(field, items)
-    if key and all(isinstance(i, dict) and key in i for i in items):
-        return key
-    return None
-
-
-def fields_of(value: dict[str, Any]) -> dict[str, Any]:
-    """FieldsV1 of an applied configuration: `f:` per map key, `k:` per keyed list element."""
-    tree: dict[str, Any] = {}
-    for name, child in value.items():
-        if isinstance(child, dict) and child:
-            tree[f"f:{name}"] = fields_of(child)
-        elif isinstance(child, list) and child and (key := _list_item_key(name, child)):
-            tree[f"f:{name}"] = {
-                "k:" + json.dumps({key: item[key]}, separators=(",", ":")): {".": {}, **fields_of(item)}
-                for item in child
-            }
-        else:
-            tree[f"f:{name}"] = {}
-    return tree
-
-
-def _applied_fields(applied: dict[str, Any]) -> dict[str, Any]:
-    """What a manager owns: everything it applied except identity (apiVersion, kind, name...)."""
-    body = {k: v for k, v in applied.items() if k not in ("apiVersion", "kind", "metadata", "status")}
-    meta = {k: v for k, v in (applied.get("metadata") or {}).items() if k in ("labels", "annotations")}
-    return fields_of(body | ({"metadata": meta} if meta else {}))
-
-
-def _remove_unapplied(obj: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Delete from obj what `old` owned and `new` no longer does."""
-    for path, old_child in old.items():
-        if path == ".":
-            continue
-        kind, _, name = path.partition(":")
-        if isinstance(obj, dict) and kind == "f":
-            if path not in new:
-                obj.pop(name, None)
-            elif old_child and name in obj:
-                _remove_unapplied(obj[name], old_child, new[path])
-        elif isinstance(obj, list) and kind == "k":
-            wanted = json.loads(name)
-            matching = [
-                i for i in obj if isinstance(i, dict) and all(i.get(k) == v for k, v in wanted.items())
-            ]
-            for item in matching:
-                if path not in new:
-                    obj.remove(item)
-                else:
-                    _remove_unapplied(item, old_child, new[path])
-
-
-def server_side_apply(live: dict[str, Any] | None, applied: dict[str, Any], manager: str) -> dict[str, Any]:
-    """The object after `manager` applies `applied` to `live` (None: the object does not exist yet)."""
-    if not manager:
-        raise bad_request("PATCH, application/apply-patch+yaml requires fieldManager to be set")
-    entries = [] if live is None else list(live.get("metadata", {}).get("managedFields") or [])
-    mine = next((e for e in entries if e.get("manager") == manager and e.get("operation") == "Apply"), None)
-    new_fields = _applied_fields(applied)
-    result = copy.deepcopy(live) if live is not None else {}
-    if mine is not None:
-        _remove_unapplied(result, mine.get("fieldsV1", {}), new_fields)
-    result = strategic_merge(result, applied)
-    entry = {
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": applied.get("apiVersion", ""),
-        "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": new_fields,
-    }
-    others = [e for e in entries if e is not mine]
-    result.setdefault("metadata", {})["managedFields"] = [*others, entry]
-    return result
-
-
-def apply_patch(content_type: str, live: dict[str, Any], body: Any, manager: str) -> dict[str, Any]:
-    """Dispatch on the PATCH Content-Type; `body` is already decoded (YAML for apply)."""
+def apply_patch(content_type: str, live: dict[str, Any], body: Any) -> dict[str, Any]:
+    """Dispatch on the PATCH Content-Type (server-side apply is managed_fields.server_side_apply)."""
     if content_type == MERGE_PATCH:
         return merge_patch(live, body)
     if content_type == JSON_PATCH:
         return json_patch(live, body)
     if content_type == STRATEGIC:
         return strategic_merge(live, body)
-    if content_type == APPLY:
-        return server_side_apply(live, body, manager)
     raise unsupported_media_type(", ".join(PATCH_TYPES))
