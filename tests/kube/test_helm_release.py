@@ -127,3 +127,20 @@ def test_install_waits_for_workloads_to_be_ready(kube_api, helm_config):
         "dynamo-nats": 1,
         "dynamo-etcd": 1,
     }
+
+
+def test_upgrade_refuses_to_overwrite_a_field_another_manager_changed(kube_api, helm_config):
+    """Helm 4 applies server-side without force: a Deployment scaled by hand makes the upgrade fail with
+    the real API's conflict, naming the field and the other manager (kubectl)."""
+    helm_config.install(str(CHART), RELEASE, None, namespace=NAMESPACE, create_namespace=True, timeout=60)
+    kube_api.kubectl("scale", "deploy", "dynamo-operator", "-n", NAMESPACE, "--replicas=3")
+    with pytest.raises(helm.HelmError, match=r'conflict with "kubectl" using apps/v1: \.spec\.replicas'):
+        helm_config.upgrade(
+            str(CHART), RELEASE, {"operator": {"logLevel": "DEBUG"}}, namespace=NAMESPACE, timeout=60
+        )
+    assert (
+        kube_api.kubectl(
+            "get", "deploy", "dynamo-operator", "-n", NAMESPACE, "-o", "jsonpath={.spec.replicas}"
+        ).stdout
+        == "3"
+    )
