@@ -12,7 +12,7 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint bench bench-request-path bench-kv-routing crd operator clean-venv
+.PHONY: venv serve test lint bench bench-request-path bench-kv-routing bench-planner crd operator clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: venv
 LABEL ?= run
 bench-request-path: venv
 	$(PY) bench/request_path.py --label $(LABEL)
+
+# The planner on a simulated cluster (simulated clock: ~1 min); ends with one summary line.
+bench-planner: venv
+	$(PY) bench/planner.py
 
 # Scarce-cache routing: random, round-robin, kv and kv with two routers on 4 simulated workers.
 bench-kv-routing: venv

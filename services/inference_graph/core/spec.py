@@ -459,6 +459,12 @@ class PlannerSpec(_Model):
         "capacity; load: thresholds on queue depth and KV usage with hysteresis.",
     )
     interval_seconds: float = Field(default=10.0, gt=0, description="Seconds between two decisions.")
+    prediction_horizon_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="sla policy: size roles for the demand predicted this far ahead (about the time a "
+        "new replica takes to serve).",
+    )
     prefill_decode_ratio: RatioBounds = Field(
         default_factory=RatioBounds, description="Optional bounds on prefill replicas per decode replica."
     )

@@ -36,7 +36,9 @@ DECODE_ITL_SHARE = 0.8
 DECODE_UTILIZATION = 0.8
 # How far the correction factor moves toward a new observed/expected ratio per interval.
 CORRECTION_SMOOTHING = 0.5
-CORRECTION_BOUNDS = (0.5, 4.0)
+CORRECTION_BOUNDS = (0.5, 2.0)
+# The trend is extrapolated at this share of its slope (a step in demand is not a ramp).
+TREND_DAMPING = 0.5
 
 
 class ScalingPolicy(Protocol):
@@ -169,6 +171,7 @@ class SlaPolicy:
     capacity: CapacityModel
     prefill: AutoscalingTargets | None
     decode: AutoscalingTargets | None
+    horizon_s: float = 30.0  # predict demand this far ahead: about a new replica's start time
     name: str = "sla"
     _prefill_correction: _Correction = field(default_factory=_Correction)
     _decode_correction: _Correction = field(default_factory=_Correction)
@@ -185,13 +188,17 @@ class SlaPolicy:
         return out
 
     def _predict(self, obs: Observation) -> tuple[float, float, float]:
-        """Next interval's arrival rate and prompt-token rates: the last interval's, plus half
-        its change since the one before (a damped linear trend; never below zero)."""
+        """Arrival rate and prompt-token rates ``horizon_s`` ahead (a replica asked for now serves
+        then): the last interval's, plus its trend since the one before, damped, extrapolated
+        over the horizon, and kept within [0, 2x the last interval's]."""
         now = _rates(obs)
         if self._last is None:
             return now
         before = _rates(self._last)
-        return tuple(max(0.0, n + 0.5 * (n - b)) for n, b in zip(now, before, strict=True))  # type: ignore[return-value]
+        steps = TREND_DAMPING * self.horizon_s / max(obs.interval_s, 1e-9)
+        return tuple(  # type: ignore[return-value]
+            min(max(0.0, n + steps * (n - b)), 2 * n) for n, b in zip(now, before, strict=True)
+        )
 
     def _prefill(self, obs: Observation, remote_tokens_per_s: float) -> int:
         targets = self.prefill
@@ -200,7 +207,9 @@ class SlaPolicy:
         if obs.prefill_replicas > 0 and long_input > 0:
             self._prefill_correction.update(obs.ttft_p90_ms, self.capacity.expected_ttft_ms(long_input))
         per_replica = self.capacity.prefill_tokens_per_s(targets.ttft_ms)
-        need = remote_tokens_per_s / per_replica * self._prefill_correction.factor
+        # What is queued must drain within an interval, on top of what arrives.
+        backlog_per_s = obs.prefill_queue * long_input / max(obs.interval_s, 1e-9)
+        need = (remote_tokens_per_s + backlog_per_s) / per_replica * self._prefill_correction.factor
         return math.ceil(need - 1e-9)
 
     def _decode(self, obs: Observation, rate: float, local_tokens_per_s: float) -> int:
@@ -243,4 +252,4 @@ def make_policy(spec: GraphSpec, capacity: CapacityModel | None) -> ScalingPolic
         return LoadPolicy(prefill, decode)
     if capacity is None:
         raise ValueError("spec.planner.policy sla needs the engine's timing profile (a CapacityModel)")
-    return SlaPolicy(capacity, prefill, decode)
+    return SlaPolicy(capacity, prefill, decode, horizon_s=spec.planner.prediction_horizon_seconds)
