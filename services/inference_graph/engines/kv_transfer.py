@@ -127,7 +127,9 @@ class NixlTransfer:
     def __init__(self, buffer_device: str = "cpu", host: str | None = None, port: int | None = None):
         self.buffer_device = buffer_device
         self.host = host or os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "127.0.0.1"
-        self.port = port or int(os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT") or 0) or free_port(self.host)
+        # A free port per engine, never the inherited VLLM_NIXL_SIDE_CHANNEL_PORT: this process sets
+        # that for the engine it starts, and a second engine would take the same port.
+        self.port = port or free_port(self.host)
 
     def prepare_process_env(self) -> None:
         """vLLM reads the side channel from the environment of the engine core (our child)."""
@@ -138,12 +140,17 @@ class NixlTransfer:
         # kv_both: every engine can prefill for others and decode from others, so one engine
         # build serves either role. "fail": a KV load error ends the request with an error
         # (FINISHED_ERROR) instead of silently recomputing, so a broken transfer is visible.
-        return {
+        config = {
             "kv_connector": "NixlConnector",
             "kv_role": "kv_both",
             "kv_buffer_device": self.buffer_device,
             "kv_load_failure_policy": "fail",
         }
+        if self.buffer_device == "cpu" and os.environ.get("IG_NIXL_PROGRESS_THREAD", "0") != "1":
+            # The same connector, loaded through a module that first turns off NIXL's
+            # busy-polling progress thread in the engine core (see engines/nixl_cpu.py).
+            config["kv_connector_module_path"] = "inference_graph.engines.nixl_cpu"
+        return config
 
     def side_channel(self) -> tuple[str, int] | None:
         return self.host, self.port
