@@ -9,7 +9,8 @@ on NATS and etcd this script starts, and drives the same request sequence throug
 - ``--prefixes`` (32) shared prefixes of ``--prefix-tokens`` (1024) token ids; each request is
   one prefix (uniformly drawn) + ``--unique-tokens`` (100) fresh random token ids, and asks for
   50-150 output tokens (uniform, ``ignore_eos``); ``--concurrency`` (32) closed-loop clients;
-- the first ``--warmup-requests`` requests are sent but not measured.
+- the first ``--warmup-requests`` requests are sent but not measured (one continuous closed
+  loop: measurement starts when the first measured request is sent, without a burst).
 
 Per request (streaming ``/v1/completions`` with ``include_usage``): TTFT = request sent -> first
 ``data:`` event; cached tokens = ``usage.prompt_tokens_details.cached_tokens``. Cached fraction =
@@ -229,8 +230,11 @@ async def router_metrics(infra: dict[str, str], namespace: str) -> dict[str, dic
 # ---------------------------------------------------------------- load
 
 
-async def drive(args, url: str, requests: list[tuple[int, list[int], int]]) -> list[dict]:
+async def drive(args, url: str, requests: list[tuple[int, list[int], int]], on_measure=None) -> list[dict]:
+    """One continuous closed loop over every request (no burst between warm-up and measurement);
+    ``on_measure()`` is awaited just before the first measured request is sent."""
     results: list[dict] = [{} for _ in requests]
+    measure_start: dict[str, float] = {}
     next_index = iter(range(len(requests)))
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
 
@@ -269,10 +273,15 @@ async def drive(args, url: str, requests: list[tuple[int, list[int], int]]) -> l
 
     async def client(http: httpx.AsyncClient) -> None:
         for i in next_index:
+            if i == args.warmup_requests:
+                if on_measure is not None:
+                    await on_measure()
+                measure_start["t"] = time.perf_counter()
             await one(http, i)
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(args.concurrency)))
+    args.measured_s = time.perf_counter() - measure_start.get("t", time.perf_counter())
     return results
 
 
@@ -309,12 +318,13 @@ def run_one(args, strategy: str, infra: dict[str, str], requests) -> dict:
         routers = {"kv": 1, "kv2": 2}.get(strategy, 0)
         if routers:
             asyncio.run(wait_routers(infra, graph.name, routers))
-        # Warm-up first, to completion, so the routers' counters can be read between the phases.
-        warm = asyncio.run(drive(args, graph.url, requests[: args.warmup_requests]))
-        before = asyncio.run(router_metrics(infra, graph.name)) if routers else {}
-        t0 = time.perf_counter()
-        results = warm + asyncio.run(drive(args, graph.url, requests[args.warmup_requests :]))
-        summary = summarise(args, results, time.perf_counter() - t0)
+        before: dict = {}
+
+        async def read_counters() -> None:  # the routers' counters as measurement starts
+            before.update(await router_metrics(infra, graph.name))
+
+        results = asyncio.run(drive(args, graph.url, requests, read_counters if routers else None))
+        summary = summarise(args, results, args.measured_s)
         if routers:
             after = asyncio.run(router_metrics(infra, graph.name))
             summary["predicted_fraction"] = counter_delta(
