@@ -144,3 +144,23 @@ async def test_itl_is_per_token(fake, directory):
 async def test_apps_do_not_share_metrics(fake, directory):
     a, b = create_app(fake, directory), create_app(fake, directory)
     assert a.state.metrics.registry is not b.state.metrics.registry
+
+
+async def test_uncached_prompt_tokens_by_where_they_would_be_prefilled(fake, directory):
+    import httpx
+
+    registry = CollectorRegistry()
+    app = create_app(fake, directory, registry=registry, remote_prefill_over=100)
+    prompts = iter([(500, 200), (150, 100), (80, 0)])  # (prompt, cached): 300 remote, 50 and 80 local
+
+    def script(req):
+        prompt, cached = next(prompts)
+        return text_frames(["a"], prompt_tokens=prompt, cached_tokens=cached)
+
+    fake.script = script
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        for _ in range(3):
+            await c.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+    name = "ig_frontend_uncached_prompt_tokens_total"
+    assert registry.get_sample_value(name, {"model": MODEL, "prefill": "remote"}) == 300
+    assert registry.get_sample_value(name, {"model": MODEL, "prefill": "local"}) == 130

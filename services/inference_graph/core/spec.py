@@ -49,6 +49,7 @@ class Role(enum.StrEnum):
     ROUTER = "router"
     DECODE = "decode"
     PREFILL = "prefill"
+    PLANNER = "planner"  # not a service of the spec: run where roles autoscale (local launcher today)
 
 
 WORKER_ROLES = (Role.DECODE, Role.PREFILL)
@@ -464,6 +465,11 @@ class PlannerSpec(_Model):
         ge=0,
         description="sla policy: size roles for the demand predicted this far ahead (about the time a "
         "new replica takes to serve).",
+    )
+    profile: str | None = Field(
+        default=None,
+        description="sla policy with vLLM: the engine's measured timing profile (JSON, the simulated "
+        "engine's table format) on the target hardware; simulated workers use their own timing model.",
     )
     prefill_decode_ratio: RatioBounds = Field(
         default_factory=RatioBounds, description="Optional bounds on prefill replicas per decode replica."

@@ -20,12 +20,19 @@ import yaml
 from ..core.instances import ENGINES_PER_PROCESS_ENV, ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
 from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
 from ..models import resolve_model_source
+from .autoscale import (
+    apply_planner_decisions,
+    autoscaled_roles,
+    check_autoscaling_runs_locally,
+    planner_instance,
+)
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 # Callers stop first so nothing new reaches a worker that is draining.
 STOP_ORDER = [
+    Role.PLANNER.value,  # no decisions while the graph stops
     Role.FRONTEND.value,
     Role.PROCESSOR.value,
     Role.ROUTER.value,
@@ -58,6 +65,7 @@ def check_runs_locally(graph: InferenceGraph) -> None:
         )
     if services.decode.replicas < 1:
         raise SpecError("spec.services.decode.replicas", "must be at least 1 to serve requests")
+    check_autoscaling_runs_locally(graph)
 
 
 def local_processes(graph: InferenceGraph, instance: RoleInstance):
@@ -164,6 +172,16 @@ async def _run_until_stopped(
         await supervisor.set_replicas(*local_processes(graph, instance))
     port = graph.spec.services.frontend.port or 8000
     base = f"http://{options.host}:{port}"
+    async with contextlib.AsyncExitStack() as stack:
+        if autoscaled_roles(graph):
+            await supervisor.set_replicas(planner_instance(graph_path, infra_env, base), 1)
+            await stack.enter_async_context(apply_planner_decisions(graph, instances, supervisor, infra_env))
+        await _serve_until_stopped(base, supervisor, options, stop, graph)
+
+
+async def _serve_until_stopped(
+    base: str, supervisor: Supervisor, options: LocalOptions, stop: asyncio.Event, graph: InferenceGraph
+) -> None:
     stopped = asyncio.create_task(stop.wait())
     ready = asyncio.create_task(wait_until_ready(f"{base}/health", options.ready_timeout, supervisor.failed))
     done, _ = await asyncio.wait({stopped, ready}, return_when=asyncio.FIRST_COMPLETED)

@@ -149,6 +149,23 @@ class Discovery:
         """Live model registry; ``models`` gives ``{model: [instance_id, ...]}``."""
         return await self._track(ModelWatch(self._client, names.models_prefix(namespace), _decode_model))
 
+    # ------------------------------------------------------------ planner decisions
+
+    async def put_replicas(self, namespace: str, replicas: Mapping[str, int]) -> None:
+        """Store the planner's decision. No lease: it outlives a planner restart."""
+        key = names.planner_replicas_key(namespace)
+        await self._client.put(key.encode(), msgspec.json.encode(dict(replicas)))
+
+    async def get_replicas(self, namespace: str) -> dict[str, int] | None:
+        value = await self._client.get(names.planner_replicas_key(namespace).encode())
+        return _decode_replicas("", b"", value.value)[1] if value is not None else None
+
+    async def watch_replicas(self, namespace: str) -> PrefixWatch[str, dict[str, int]]:
+        """Live planner decision: ``snapshot`` is ``{"replicas": {role: n}}`` once one exists."""
+        return await self._track(
+            PrefixWatch(self._client, names.planner_replicas_key(namespace), _decode_replicas)
+        )
+
     async def _track(self, watch: W) -> W:
         await watch._start()
         self._watches.add(watch)
@@ -428,6 +445,15 @@ async def _stop_task(task: asyncio.Task | None) -> None:
 
 
 # ---------------------------------------------------------------- decoding
+
+
+def _decode_replicas(prefix: str, key: bytes, value: bytes) -> tuple[str, dict[str, int]] | None:
+    try:
+        replicas = msgspec.json.decode(value, type=dict[str, int])
+    except msgspec.DecodeError:
+        log.warning("ignoring undecodable planner decision %r", value[:200])
+        return None
+    return "replicas", replicas
 
 
 def _decode_instance(prefix: str, key: bytes, value: bytes) -> tuple[str, wire.InstanceInfo] | None:

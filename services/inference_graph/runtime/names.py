@@ -137,6 +137,11 @@ def model_key(namespace: str, model: str, instance_id: str) -> str:
     return models_prefix(namespace) + key_segment(model) + "/" + key_segment(instance_id)
 
 
+def planner_replicas_key(namespace: str) -> str:
+    """The planner's latest decision: ``{role: replicas}`` (JSON), read by the launcher."""
+    return namespace_prefix(namespace) + "planner/replicas"
+
+
 def split_key(prefix: str, key: str) -> list[str]:
     """Decoded segments of ``key`` after ``prefix`` (``[]`` if it is not under it)."""
     if not key.startswith(prefix):

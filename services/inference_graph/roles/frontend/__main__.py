@@ -34,7 +34,9 @@ async def main(ctx: RoleContext) -> None:
             stack.push_async_callback(processors.close)
             watch.add_listener(processors.on_instance_event)  # a lost processor fails its streams at once
             processor, directory = NatsProcessorClient(processors), DiscoveryModelDirectory(watch)
-        await _serve_http(ctx, create_app(processor, directory))
+        disaggregation = ctx.graph.spec.disaggregation
+        remote_over = disaggregation.conditional.max_local_prefill_length if disaggregation.enabled else None
+        await _serve_http(ctx, create_app(processor, directory, remote_prefill_over=remote_over))
 
 
 async def _embedded_processing(ctx: RoleContext, watch: InstanceWatch, stack: contextlib.AsyncExitStack):

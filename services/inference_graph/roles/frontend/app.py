@@ -38,12 +38,13 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     title: str = "inference-graph frontend",
+    remote_prefill_over: int | None = None,
 ) -> FastAPI:
     """Build the frontend app; metrics go to ``registry`` (a fresh one if None)."""
     app = FastAPI(title=title)
     app.state.processor = processor
     app.state.directory = directory
-    app.state.metrics = FrontendMetrics(registry)
+    app.state.metrics = FrontendMetrics(registry, remote_prefill_over)
     install_handlers(app)
 
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])

@@ -49,8 +49,13 @@ CLIENT_CLOSED = 499  # status recorded when the client went away (nginx's conven
 
 
 class FrontendMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, remote_prefill_over: int | None = None
+    ) -> None:
+        """``remote_prefill_over``: the conditional-disaggregation length (maxLocalPrefillLength);
+        uncached prompt tokens are counted as ``prefill="remote"`` above it, else ``"local"``."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.remote_prefill_over = remote_prefill_over
         r = self.registry
         p = "ig_frontend_"
         self.requests = Counter(
@@ -77,6 +82,14 @@ class FrontendMetrics:
             p + "cached_prompt_tokens", "Prompt tokens served from the prefix cache.", ["model"], registry=r
         )
         self.completion_tokens = Counter(p + "completion_tokens", "Generated tokens.", ["model"], registry=r)
+        # The planner sizes prefill from the first and decode's local prefills from the second.
+        self.uncached_prompt_tokens = Counter(
+            p + "uncached_prompt_tokens",
+            "Prompt tokens not served from the prefix cache, by where the conditional-disaggregation "
+            "rule prefills such a prompt (remote: longer than maxLocalPrefillLength).",
+            ["model", "prefill"],
+            registry=r,
+        )
 
     def count(self, endpoint: str, model: str, status: int) -> None:
         """Count a request answered without reaching the processor (e.g. rejected)."""
@@ -128,6 +141,10 @@ class RequestObserver:
         self._m.completion_tokens.labels(self._model).inc(completion_tokens)
         if cached_tokens:
             self._m.cached_tokens.labels(self._model).inc(cached_tokens)
+        uncached = prompt_tokens - cached_tokens
+        limit = self._m.remote_prefill_over
+        placement = "remote" if limit is not None and uncached > limit else "local"
+        self._m.uncached_prompt_tokens.labels(self._model, placement).inc(uncached)
 
     def finish(self) -> None:
         if self._done:

@@ -1,0 +1,91 @@
+"""Autoscaling on one machine: run the planner role, apply its decisions as processes.
+
+The launcher is the one writer of local replicas, as the operator is in
+Kubernetes: the planner stores ``{role: replicas}`` in etcd, this watches it and
+starts or stops worker processes. Stopping is the graceful drain every worker
+does on SIGTERM (a decode worker leaves discovery and finishes its streams; a
+prefill worker stops pulling and finishes what it holds), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from ..core.instances import ETCD_ENV, RoleInstance
+from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
+from ..runtime.discovery import Discovery
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+PLANNER_MODULE = "inference_graph.roles.planner"
+FRONTEND_URL_ENV = "IG_FRONTEND_URL"  # read by the planner role
+
+
+def autoscaled_roles(graph: InferenceGraph) -> list[Role]:
+    roles = []
+    for role in WORKER_ROLES:
+        service = graph.spec.services.get(role)
+        if service is not None and service.autoscaling.enabled:
+            roles.append(role)
+    return roles
+
+
+def check_autoscaling_runs_locally(graph: InferenceGraph) -> None:
+    """Local replicas are processes: several simulated engines per process cannot scale one by one."""
+    spec = graph.spec
+    if (
+        autoscaled_roles(graph)
+        and spec.engine.type is EngineType.MOCKER
+        and spec.engine.mocker.instances_per_process > 1
+    ):
+        raise SpecError(
+            "spec.engine.mocker.instancesPerProcess",
+            "must be 1 when a role autoscales locally (the launcher scales processes)",
+        )
+
+
+def planner_instance(graph_path: str, env: dict[str, str], frontend_url: str) -> RoleInstance:
+    return RoleInstance(
+        role=Role.PLANNER,
+        replicas=1,
+        module=PLANNER_MODULE,
+        args=("--graph", graph_path, "--role", Role.PLANNER.value),
+        env={**env, FRONTEND_URL_ENV: frontend_url},
+    )
+
+
+@contextlib.asynccontextmanager
+async def apply_planner_decisions(
+    graph: InferenceGraph, instances: list[RoleInstance], supervisor: Supervisor, infra_env: dict[str, str]
+) -> AsyncIterator[None]:
+    """While inside: every decision of the planner sets the replicas of its roles."""
+    by_role = {inst.role.value: inst for inst in instances}
+    discovery = await Discovery.connect(infra_env[ETCD_ENV].split(","))
+    watch = await discovery.watch_replicas(graph.metadata.name)
+    task = asyncio.create_task(_apply_forever(watch, by_role, supervisor), name="apply-planner-decisions")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watch.close()
+        await discovery.close()
+
+
+async def _apply_forever(watch, by_role: dict[str, RoleInstance], supervisor: Supervisor) -> None:
+    applied: dict[str, int] = {}
+    while True:
+        snapshot = await watch.wait_for(
+            lambda snap, seen=applied: snap.get("replicas", seen) != seen, timeout=None
+        )
+        decision = snapshot["replicas"]
+        for role, count in decision.items():
+            if role in by_role and applied.get(role) != count:
+                log.info("planner: %s -> %d replicas", role, count)
+                print(f"planner: {role} -> {count} replicas", flush=True)
+                await supervisor.set_replicas(by_role[role], count)
+        applied = dict(decision)
