@@ -2,6 +2,9 @@
 workers; requests sharing a prefix land on the worker that holds it."""
 
 import asyncio
+import os
+import signal
+from pathlib import Path
 
 import httpx
 import nats
@@ -13,6 +16,7 @@ from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.request_plane import EndpointClient
 
 from .conftest import TINY_OVERRIDES
+from .graph import descendants
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -92,6 +96,35 @@ async def test_shared_prefix_requests_land_on_the_worker_holding_it(start_graph,
     # Round-robin would hit on about 1 request in 4 (then on more as every worker warms up).
     assert all(c >= PREFIX_BLOCK_TOKENS for c in cached), cached
     assert "falls back" not in graph.log()
+    await router_restart_rebuilds_before_registering(graph, name, infrastructure)
+
+
+async def router_restart_rebuilds_before_registering(graph, name: str, infrastructure) -> None:
+    """Kill the router; the launcher restarts it; once registered it already knows the prefix
+    (it fetched the workers' snapshots: no event about the prefix is sent again)."""
+    discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
+    nc = await nats.connect(infrastructure["NATS_SERVER"])
+    try:
+        old = set(await discovery.list_instances(name, Role.ROUTER.value))
+        (pid,) = [p for p in descendants(graph.proc.pid) if "roles.router" in cmdline(p)]
+        os.kill(pid, signal.SIGKILL)
+
+        async def replaced() -> bool:
+            return bool(set(await discovery.list_instances(name, Role.ROUTER.value)) - old)
+
+        await until(replaced, 30)
+        workers = sorted(await discovery.list_instances(name, Role.DECODE.value))
+        assert await _router_knows_prefix(nc, name, workers)
+    finally:
+        await nc.close()
+        await discovery.close()
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @pytest.mark.vllm
