@@ -11,6 +11,7 @@ from .config import OperatorConfig
 from .controller import GraphController
 from .handlers import make_registry, memo_for
 from .kube import RestKubeApi
+from .planner_advice import PlannerAdvice
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,10 +24,12 @@ def main(argv: list[str] | None = None) -> None:
         api = RestKubeApi.from_environment()
     except Exception as err:  # kubernetes.config raises ConfigException or OSError for a bad kubeconfig
         sys.exit(f"inference_graph_operator: no usable Kubernetes credentials: {err}")
-    controller = GraphController(api, config.defaults)
+    # The planners' decisions, from the chart's etcd (graphs with autoscaling roles).
+    advice = PlannerAdvice(config.defaults.etcd_endpoints) if config.defaults.etcd_endpoints else None
+    controller = GraphController(api, config.defaults, advisor=advice)
     kopf.run(
         registry=make_registry(),
-        memo=memo_for(controller, config),
+        memo=memo_for(controller, config, advice),
         standalone=True,  # one replica (the chart's Deployment is Recreate); no peering CRDs needed
         clusterwide=not config.namespace,
         namespaces=[config.namespace] if config.namespace else (),

@@ -34,6 +34,7 @@ from inference_graph.core.spec import API_GROUP, KIND
 from .config import OperatorConfig
 from .controller import GraphController
 from .crd import PLURAL, VERSION
+from .planner_advice import PlannerAdvice
 from .reconcile import MANAGED_BY
 from .render import MANAGED_BY_LABEL
 
@@ -58,9 +59,16 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync_task")
-    if task is not None:
-        task.cancel()
+    for name in ("resync_task", "advice_task"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+
+
+async def start_planner_advice(memo: kopf.Memo, **_: Any) -> None:
+    """Follow the planners' decisions in etcd (graphs whose roles autoscale)."""
+    if memo.get("advice") is not None:
+        memo.advice_task = asyncio.create_task(memo.advice.run(memo.controller))
 
 
 async def child_changed(body: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
@@ -105,6 +113,7 @@ def make_registry() -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry)(configure)
     kopf.on.startup(registry=registry)(start_resync)
+    kopf.on.startup(registry=registry)(start_planner_advice)
     kopf.on.cleanup(registry=registry)(stop_resync)
     kopf.on.event(*graph, registry=registry)(graph_event)
     for group, version, plural in CHILD_RESOURCES:
@@ -114,5 +123,9 @@ def make_registry() -> kopf.OperatorRegistry:
     return registry
 
 
-def memo_for(controller: GraphController, config: OperatorConfig) -> kopf.Memo:
-    return kopf.Memo(controller=controller, namespace=config.namespace, resync_seconds=config.resync_seconds)
+def memo_for(
+    controller: GraphController, config: OperatorConfig, advice: PlannerAdvice | None = None
+) -> kopf.Memo:
+    return kopf.Memo(
+        controller=controller, namespace=config.namespace, resync_seconds=config.resync_seconds, advice=advice
+    )

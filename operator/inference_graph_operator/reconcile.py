@@ -93,18 +93,23 @@ def children_selector(graph_name: str) -> str:
 def decide_replicas(graph: InferenceGraph, recommended: Mapping[Role, int] | None = None) -> dict[Role, int]:
     """Replica count per role: the one place they are decided.
 
-    Today the spec's ``replicas``. The planner (issue #7) will pass its recommendation
-    as ``recommended``; roles it leaves out keep the spec's count. Nothing else writes
-    ``spec.replicas`` of a child Deployment.
+    The spec's ``replicas``, except for roles with ``autoscaling.enabled``: there the planner's
+    ``recommended`` count (kept within minReplicas..maxReplicas), or, before its first decision,
+    the spec's count within those bounds. A decision for a role that does not autoscale is
+    ignored: manual ``replicas`` win. Nothing else writes ``spec.replicas`` of a child Deployment.
     """
     out: dict[Role, int] = {}
     for role in Role:
         service = graph.spec.services.get(role)
-        if service is not None:
-            out[role] = service.replicas
-    for role, count in (recommended or {}).items():
-        if role in out:
-            out[role] = max(0, int(count))
+        if service is None:
+            continue
+        out[role] = service.replicas
+        scaling = service.autoscaling
+        if scaling.enabled:
+            wanted = (recommended or {}).get(role, service.replicas)
+            out[role] = min(max(int(wanted), scaling.min_replicas), scaling.max_replicas)
+    if any(s.autoscaling.enabled for r in Role if (s := graph.spec.services.get(r)) is not None):
+        out[Role.PLANNER] = 1
     return out
 
 

@@ -50,7 +50,13 @@ from typing import Any
 
 import yaml
 
-from inference_graph.core.instances import ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
+from inference_graph.core.instances import (
+    ETCD_ENV,
+    FRONTEND_URL_ENV,
+    NATS_ENV,
+    RoleInstance,
+    desired_instances,
+)
 from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, KvBufferDevice, RdmaSpec, Role
 from inference_graph.models.sources import PVC_MOUNT_ROOT
 
@@ -260,6 +266,9 @@ def _env(graph: InferenceGraph, inst: RoleInstance) -> list[dict[str, Any]]:
         if name not in inst.env:
             env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
     injected = {NAMESPACE_ENV: graph.metadata.name, CACHE_ENV: MODEL_CACHE_DIR, "PYTHONUNBUFFERED": "1"}
+    if inst.role is Role.PLANNER:  # it reads the frontend's metrics through the frontend Service
+        port = graph.spec.services.frontend.port or DEFAULT_FRONTEND_PORT
+        injected[FRONTEND_URL_ENV] = f"http://{child_name(graph.metadata.name, Role.FRONTEND)}:{port}"
     rdma = _rdma(graph, inst.role)
     if rdma:
         injected.update(rdma_env(rdma, graph.spec.disaggregation.kv_transfer.buffer_device))

@@ -47,8 +47,9 @@ class Operator:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, resync_seconds: float = 300) -> Operator:
+    def start(self, resync_seconds: float = 300, extra_env: dict[str, str] | None = None) -> Operator:
         env = {
+            **(extra_env or {}),
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "IG_OPERATOR_LIVENESS": "",  # tests run side by side: no fixed port
@@ -458,3 +459,45 @@ def test_rest_api_maps_error_responses_to_api_errors(cluster):
     api.delete(configmap)
     api.delete(configmap)  # already gone: not an error
     assert api.get("ConfigMap", "default", "c") is None
+
+
+async def test_planner_decisions_set_the_autoscaled_roles_replicas_and_status(cluster, tmp_path, etcd_server):
+    from inference_graph.runtime.discovery import Discovery
+
+    op = Operator(cluster.kubeconfig, tmp_path / "operator.log")
+    op.start(extra_env={"IG_DEFAULT_ETCD_ENDPOINTS": ",".join(etcd_server.endpoints)})
+    discovery = await Discovery.connect(etcd_server.endpoints)
+    try:
+        scaled = json.loads(json.dumps(DISAGG))
+        scaled["metadata"]["name"] = "scaled"
+        services = scaled["spec"]["services"]
+        services["decode"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 4}
+        apply(cluster, scaled)
+        planner = wait_for(lambda: deployment(cluster, "scaled-planner"), "the planner's Deployment")
+        env = {e["name"]: e.get("value") for e in planner["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["IG_FRONTEND_URL"] == "http://scaled-frontend:8000"
+        prefill_before = deployment(cluster, "scaled-prefill")["spec"]["replicas"]
+
+        await discovery.put_replicas("scaled", {"decode": 3, "prefill": 5})
+        wait_for(lambda: deployment(cluster, "scaled-decode")["spec"]["replicas"] == 3, "decode scaled to 3")
+        wait_for(
+            lambda: (
+                (graph(cluster, "scaled").get("status") or {})
+                .get("services", {})
+                .get("decode", {})
+                .get("desired")
+                == 3
+            ),
+            "status shows the decision",
+        )
+        # prefill does not autoscale in this graph: its manual replicas win
+        assert deployment(cluster, "scaled-prefill")["spec"]["replicas"] == prefill_before
+
+        await discovery.put_replicas("scaled", {"decode": 9})
+        wait_for(
+            lambda: deployment(cluster, "scaled-decode")["spec"]["replicas"] == 4, "kept within maxReplicas"
+        )
+    finally:
+        await discovery.close()
+        op.stop()
+        print(op.log()[-6000:])

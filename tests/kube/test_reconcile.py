@@ -184,15 +184,29 @@ def test_a_name_too_long_for_the_frontend_service_is_a_spec_error():
     assert "at most 54 characters" in str(desired.error)
 
 
-def test_replicas_come_from_the_spec_unless_the_planner_recommends():
+def test_replicas_come_from_the_spec_unless_the_role_autoscales():
     graph = parse_graph({k: v for k, v in graph_body().items() if k != "status"})
     assert decide_replicas(graph) == {Role.FRONTEND: 1, Role.PROCESSOR: 1, Role.DECODE: 2, Role.PREFILL: 1}
-    recommended = {Role.PREFILL: 4, Role.ROUTER: 3}  # no router in this graph: ignored
-    assert decide_replicas(graph, recommended)[Role.PREFILL] == 4
-    assert Role.ROUTER not in decide_replicas(graph, recommended)
-    desired = desired_children(graph_body(), DEFAULTS, recommended)
-    prefill = next(o for o in desired.children if o["metadata"]["name"] == "g-prefill")
-    assert prefill["spec"]["replicas"] == 4
+    # no role autoscales: a planner decision changes nothing (manual replicas win)
+    assert decide_replicas(graph, {Role.PREFILL: 4})[Role.PREFILL] == 1
+
+    body = graph_body()
+    body["spec"]["services"]["prefill"]["autoscaling"] = {"enabled": True, "minReplicas": 0, "maxReplicas": 3}
+    graph = parse_graph({k: v for k, v in body.items() if k != "status"})
+    assert decide_replicas(graph)[Role.PREFILL] == 1  # before the first decision: the spec's, in bounds
+    recommended = {Role.PREFILL: 9, Role.DECODE: 7, Role.ROUTER: 3}
+    replicas = decide_replicas(graph, recommended)
+    assert replicas[Role.PREFILL] == 3  # maxReplicas
+    assert replicas[Role.DECODE] == 2  # decode does not autoscale
+    assert Role.ROUTER not in replicas and replicas[Role.PLANNER] == 1
+    desired = desired_children(body, DEFAULTS, recommended)
+    by_name = {o["metadata"]["name"]: o for o in desired.children}
+    assert by_name["g-prefill"]["spec"]["replicas"] == 3
+    planner_env = {
+        e["name"]: e.get("value")
+        for e in by_name["g-planner"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert planner_env["IG_FRONTEND_URL"] == "http://g-frontend:8000"
 
 
 # ---------------------------------------------------------------- status

@@ -16,6 +16,8 @@ NATS_ENV = "NATS_SERVER"
 ETCD_ENV = "ETCD_ENDPOINTS"
 # Engines one worker process hosts (the local launcher packs simulated workers).
 ENGINES_PER_PROCESS_ENV = "IG_ENGINES_PER_PROCESS"
+# The frontend's base URL, whose metrics the planner reads (set by the launcher or the operator).
+FRONTEND_URL_ENV = "IG_FRONTEND_URL"
 
 ROLE_MODULES = {
     Role.FRONTEND: "inference_graph.roles.frontend",
@@ -23,7 +25,14 @@ ROLE_MODULES = {
     Role.ROUTER: "inference_graph.roles.router",
     Role.DECODE: "inference_graph.roles.worker",
     Role.PREFILL: "inference_graph.roles.worker",
+    Role.PLANNER: "inference_graph.roles.planner",
 }
+
+
+def autoscaled_roles(graph: InferenceGraph) -> list[Role]:
+    """The worker roles whose replicas the planner decides."""
+    services = graph.spec.services
+    return [r for r in WORKER_ROLES if (s := services.get(r)) is not None and s.autoscaling.enabled]
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,16 @@ def desired_instances(
                 env={**base_env, **service.env},
                 gpus=gpus,
                 port=service.port if role is Role.FRONTEND else None,
+            )
+        )
+    if autoscaled_roles(graph):  # one planner per graph; it needs the frontend's URL (FRONTEND_URL_ENV)
+        instances.append(
+            RoleInstance(
+                role=Role.PLANNER,
+                replicas=1,
+                module=ROLE_MODULES[Role.PLANNER],
+                args=("--graph", graph_path, "--role", Role.PLANNER.value),
+                env=dict(base_env),
             )
         )
     return instances

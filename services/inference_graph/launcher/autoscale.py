@@ -11,27 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
-from ..core.instances import ETCD_ENV, RoleInstance
-from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
+from ..core.instances import ETCD_ENV, FRONTEND_URL_ENV, RoleInstance, autoscaled_roles
+from ..core.spec import EngineType, InferenceGraph, Role, SpecError
 from ..runtime.discovery import Discovery
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-PLANNER_MODULE = "inference_graph.roles.planner"
-FRONTEND_URL_ENV = "IG_FRONTEND_URL"  # read by the planner role
-
-
-def autoscaled_roles(graph: InferenceGraph) -> list[Role]:
-    roles = []
-    for role in WORKER_ROLES:
-        service = graph.spec.services.get(role)
-        if service is not None and service.autoscaling.enabled:
-            roles.append(role)
-    return roles
 
 
 def check_autoscaling_runs_locally(graph: InferenceGraph) -> None:
@@ -48,14 +37,11 @@ def check_autoscaling_runs_locally(graph: InferenceGraph) -> None:
         )
 
 
-def planner_instance(graph_path: str, env: dict[str, str], frontend_url: str) -> RoleInstance:
-    return RoleInstance(
-        role=Role.PLANNER,
-        replicas=1,
-        module=PLANNER_MODULE,
-        args=("--graph", graph_path, "--role", Role.PLANNER.value),
-        env={**env, FRONTEND_URL_ENV: frontend_url},
-    )
+def with_frontend_url(instance: RoleInstance, frontend_url: str) -> RoleInstance:
+    """The planner reads the frontend's metrics; locally the frontend is on this machine."""
+    if instance.role is not Role.PLANNER:
+        return instance
+    return dataclasses.replace(instance, env={**instance.env, FRONTEND_URL_ENV: frontend_url})
 
 
 @contextlib.asynccontextmanager

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import yaml
 
-from ..core.instances import ENGINES_PER_PROCESS_ENV, ETCD_ENV, NATS_ENV, RoleInstance, desired_instances
+from ..core.instances import (
+    ENGINES_PER_PROCESS_ENV,
+    ETCD_ENV,
+    NATS_ENV,
+    RoleInstance,
+    autoscaled_roles,
+    desired_instances,
+)
 from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
 from ..models import resolve_model_source
-from .autoscale import (
-    apply_planner_decisions,
-    autoscaled_roles,
-    check_autoscaling_runs_locally,
-    planner_instance,
-)
+from .autoscale import apply_planner_decisions, check_autoscaling_runs_locally, with_frontend_url
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -167,14 +169,13 @@ async def _run_until_stopped(
     stop: asyncio.Event,
 ) -> None:
     """Start every role, announce readiness, then wait for a stop signal or a crash loop."""
-    instances = desired_instances(graph, graph_path, infra_env)
-    for instance in instances:
-        await supervisor.set_replicas(*local_processes(graph, instance))
     port = graph.spec.services.frontend.port or 8000
     base = f"http://{options.host}:{port}"
+    instances = [with_frontend_url(i, base) for i in desired_instances(graph, graph_path, infra_env)]
+    for instance in instances:
+        await supervisor.set_replicas(*local_processes(graph, instance))
     async with contextlib.AsyncExitStack() as stack:
         if autoscaled_roles(graph):
-            await supervisor.set_replicas(planner_instance(graph_path, infra_env, base), 1)
             await stack.enter_async_context(apply_planner_decisions(graph, instances, supervisor, infra_env))
         await _serve_until_stopped(base, supervisor, options, stop, graph)
 

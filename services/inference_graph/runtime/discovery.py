@@ -166,6 +166,11 @@ class Discovery:
             PrefixWatch(self._client, names.planner_replicas_key(namespace), _decode_replicas)
         )
 
+    async def watch_planner_decisions(self) -> PrefixWatch[str, tuple[str, dict[str, int]]]:
+        """Every namespace's planner decision (the operator applies them): ``snapshot`` is
+        ``{namespace: (namespace, {role: replicas})}``; listeners get ``(namespace, replicas)``."""
+        return await self._track(PrefixWatch(self._client, names.KEY_ROOT + "/", _decode_any_replicas))
+
     async def _track(self, watch: W) -> W:
         await watch._start()
         self._watches.add(watch)
@@ -454,6 +459,16 @@ def _decode_replicas(prefix: str, key: bytes, value: bytes) -> tuple[str, dict[s
         log.warning("ignoring undecodable planner decision %r", value[:200])
         return None
     return "replicas", replicas
+
+
+def _decode_any_replicas(
+    prefix: str, key: bytes, value: bytes
+) -> tuple[str, tuple[str, dict[str, int]]] | None:
+    parts = names.split_key(prefix, key.decode())
+    if len(parts) != 3 or parts[1:] != ["planner", "replicas"]:
+        return None  # instances, models, ...: not a decision
+    decoded = _decode_replicas(prefix, key, value)
+    return None if decoded is None else (parts[0], (parts[0], decoded[1]))
 
 
 def _decode_instance(prefix: str, key: bytes, value: bytes) -> tuple[str, wire.InstanceInfo] | None:

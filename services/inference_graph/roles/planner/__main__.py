@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 
+from ...core.instances import FRONTEND_URL_ENV
 from ...core.spec import EngineType, GraphSpec, PlannerPolicy, Role, SpecError
 from ...engines.mocker.timing import TableTiming, TimingModel, make_timing
 from ...planning import CapacityModel, Planner, make_policy
@@ -24,8 +25,6 @@ from ..bootstrap import RoleContext, run_role
 from .collect import Collector
 
 log = logging.getLogger(__name__)
-
-FRONTEND_URL_ENV = "IG_FRONTEND_URL"
 
 
 def timing_profile(spec: GraphSpec) -> TimingModel | None:
@@ -59,6 +58,8 @@ def capacity_model(spec: GraphSpec, kv_blocks: int) -> CapacityModel | None:
 
 async def main(ctx: RoleContext) -> None:
     spec, ns = ctx.graph.spec, ctx.namespace
+    # Registered at once (the operator's probes look for this key), before waiting for workers.
+    registration = await ctx.discovery.register(ctx.instance_info(), ctx.config.lease_ttl)
     decode_watch = await ctx.discovery.watch_instances(ns, Role.DECODE.value)
     prefill_watch = await ctx.discovery.watch_instances(ns, Role.PREFILL.value)
     # KV capacity as the engines report it (vLLM sizes its cache at start); wait for one.
@@ -91,6 +92,7 @@ async def main(ctx: RoleContext) -> None:
                 current = dict(decision.replicas)
                 await ctx.discovery.put_replicas(ns, current)
     finally:
+        await registration.revoke()
         await subscription.unsubscribe()
         await decode_watch.close()
         await prefill_watch.close()
