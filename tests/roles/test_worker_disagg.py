@@ -19,7 +19,7 @@ from inference_graph.runtime.config import RuntimeConfig
 BS = 16
 
 
-def graph(namespace: str, model_dir: str, **disagg):
+def graph(namespace: str, model_dir: str, speedup: float = 20, **disagg):
     return parse_graph(
         {
             "apiVersion": "inferencegraph.dev/v1alpha1",
@@ -31,7 +31,7 @@ def graph(namespace: str, model_dir: str, **disagg):
                     "type": "mocker",
                     "blockSize": BS,
                     "maxModelLen": 4096,
-                    "mocker": {"timing": "polynomial", "speedup": 20},
+                    "mocker": {"timing": "polynomial", "speedup": speedup},
                 },
                 "disaggregation": {
                     "enabled": True,
@@ -80,8 +80,9 @@ class Cluster:
 async def cluster(nc, discovery, nats_server, etcd_server, namespace, model_dir):
     made = []
 
-    async def make(**disagg) -> Cluster:
-        made.append(Cluster(nc, discovery, nats_server, etcd_server, graph(namespace, model_dir, **disagg)))
+    async def make(speedup: float = 20, **disagg) -> Cluster:
+        manifest = graph(namespace, model_dir, speedup, **disagg)
+        made.append(Cluster(nc, discovery, nats_server, etcd_server, manifest))
         return made[-1]
 
     yield make
@@ -220,3 +221,36 @@ async def test_no_result_in_time_falls_back_to_local_prefill(cluster):
     assert len(await collect(decode, request("r", 600))) == 4
     counters = decode._disagg.decode.counters
     assert (counters.local_prefills, counters.remote_fallbacks) == (1, 1)
+
+
+async def test_graceful_prefill_stop_finishes_what_it_pulled_then_leaves(cluster):
+    c = await cluster(speedup=0.2)
+    prefill = await c.add(Role.PREFILL, "prefill-1")
+    decode = await c.add(Role.DECODE, "decode-1")
+    await wait_until(lambda: decode._disagg._prefill_watch.instances)
+    worker = prefill._disagg.prefill
+    result = asyncio.create_task(collect(decode, request("r", 3000)))  # ~0.3 s of prefill at speedup 0.2
+    await wait_until(lambda: worker.in_flight == 1)
+    await c.stop(prefill)  # leave discovery, stop pulling, finish the prefill in flight
+    assert len(await result) == 4
+    assert decode._disagg.decode.counters.remote_prefills == 1 and worker.prefilled == 1
+    assert not await c.discovery.list_instances(c.graph.metadata.name, Role.PREFILL.value)
+    await wait_until(lambda: not decode._disagg._prefill_watch.instances)
+    assert len(await collect(decode, request("after", 600))) == 4  # no prefill worker: local
+    assert decode._disagg.decode.counters.local_prefills == 1
+
+
+def test_kv_from_a_side_channel_other_than_the_registered_one_is_refused():
+    from inference_graph.engines.kv_transfer import KvTransferError
+    from inference_graph.roles.worker.disagg import DisaggregatedDecode
+
+    info = wire.InstanceInfo(
+        "p1", "ns", "prefill", kv_side_channel_host="10.0.0.5", kv_side_channel_port=5600
+    )
+    decode = DisaggregatedDecode.__new__(DisaggregatedDecode)
+    decode._prefill_instances = lambda: {"p1": info}
+    good = wire.PrefillResult("r", "p1", {"remote_host": "10.0.0.5", "remote_port": 5600})
+    decode._check_source(good)
+    bad = wire.PrefillResult("r", "p1", {"remote_host": "127.0.0.1", "remote_port": 5600})
+    with pytest.raises(KvTransferError, match=r"registered its KV side channel at 10\.0\.0\.5:5600"):
+        decode._check_source(bad)
