@@ -126,7 +126,11 @@ class NixlTransfer:
 
     def __init__(self, buffer_device: str = "cpu", host: str | None = None, port: int | None = None):
         self.buffer_device = buffer_device
-        self.host = host or os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "127.0.0.1"
+        # Peers connect to this address: the pod's IP in Kubernetes (POD_IP from the downward API),
+        # loopback on one machine. An explicit VLLM_NIXL_SIDE_CHANNEL_HOST wins.
+        self.host = (
+            host or os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or os.environ.get("POD_IP") or "127.0.0.1"
+        )
         # A free port per engine, never the inherited VLLM_NIXL_SIDE_CHANNEL_PORT: this process sets
         # that for the engine it starts, and a second engine would take the same port.
         self.port = port or free_port(self.host)

@@ -158,3 +158,15 @@ async def test_an_engine_without_transfer_refuses_disaggregated_phases(make_engi
     request = wire.GenerateRequest("p", [5, 6, 7], wire.SamplingOptions(), phase=wire.Phase.PREFILL)
     with pytest.raises(KvTransferError, match=r"disaggregation\.enabled"):
         await anext(engine.generate(request))
+
+
+def test_nixl_side_channel_host_is_the_pod_ip_in_kubernetes(monkeypatch):
+    from inference_graph.engines.kv_transfer import NixlTransfer
+
+    monkeypatch.delenv("VLLM_NIXL_SIDE_CHANNEL_HOST", raising=False)
+    monkeypatch.setenv("POD_IP", "127.0.0.2")  # a local address other than the default (all 127/8 is loopback)
+    assert NixlTransfer().side_channel()[0] == "127.0.0.2"
+    monkeypatch.delenv("POD_IP")
+    first, second = NixlTransfer(), NixlTransfer()
+    assert first.side_channel()[0] == "127.0.0.1"
+    assert first.port != second.port  # a free port per engine
