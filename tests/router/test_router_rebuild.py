@@ -140,3 +140,23 @@ async def test_metrics_count_decisions_predicted_hits_events_and_index_size():
         "ig_router_ready 1.0",
     ):
         assert line in text, line
+
+
+def test_metrics_over_http_when_a_port_is_set():
+    import httpx
+
+    from inference_graph.roles.router.__main__ import METRICS_PORT_ENV, serve_metrics_http
+    from inference_graph.runtime.embedded import free_port
+
+    router = RouterService(BS)
+    assert serve_metrics_http(router, {}) is None
+    with pytest.raises(ValueError, match=METRICS_PORT_ENV):
+        serve_metrics_http(router, {METRICS_PORT_ENV: "http"})
+    port = free_port()
+    server = serve_metrics_http(router, {METRICS_PORT_ENV: str(port)})
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert response.status_code == 200 and "ig_router_ready 1.0" in response.text
+    finally:
+        server.shutdown()
+        server.server_close()

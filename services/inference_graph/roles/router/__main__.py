@@ -16,12 +16,17 @@ from .service import DECIDE_ENDPOINT, METRICS_ENDPOINT, RouterService, snapshot_
 METRICS_PORT_ENV = "IG_METRICS_PORT"
 
 
-def serve_metrics_http(router: RouterService) -> None:
-    port = os.environ.get(METRICS_PORT_ENV, "").strip()
-    if port:
-        from prometheus_client import start_http_server
+def serve_metrics_http(router: RouterService, environ=os.environ):
+    """Serve ``/metrics`` over HTTP on ``IG_METRICS_PORT`` if set; returns the server to shut down."""
+    raw = environ.get(METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{METRICS_PORT_ENV}={raw!r}: expected a TCP port number (1-65535)")
+    from prometheus_client import start_http_server
 
-        start_http_server(int(port), registry=router.metrics.registry)
+    server, _thread = start_http_server(int(raw), registry=router.metrics.registry)
+    return server
 
 
 async def main(ctx: RoleContext) -> None:
@@ -33,7 +38,7 @@ async def main(ctx: RoleContext) -> None:
         temperature=spec.routing.kv.temperature,
         fetch_snapshot=snapshot_fetcher(workers_client, spec.engine.block_size),
     )
-    serve_metrics_http(router)
+    metrics_http = serve_metrics_http(router)
     # Events first (held per worker while its snapshot is in flight), then membership, then every
     # known worker's snapshot, then serve, then register: a processor never reaches a router whose
     # index is not rebuilt yet.
@@ -51,6 +56,8 @@ async def main(ctx: RoleContext) -> None:
     await router.unsubscribe()
     await workers_watch.close()
     await workers_client.close()
+    if metrics_http is not None:
+        metrics_http.shutdown()
 
 
 if __name__ == "__main__":
