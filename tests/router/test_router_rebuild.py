@@ -160,3 +160,11 @@ def test_metrics_over_http_when_a_port_is_set():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_snapshot_chunk_golden_bytes():
+    """Encoded by position: a reorder of KvSnapshotChunk's fields fails here."""
+    from inference_graph.runtime.event_plane import KvSnapshotChunk
+
+    chunk = KvSnapshotChunk("w", 3, 64, [1, 2**64 - 1], [5, 6])
+    assert wire.encoder.encode(chunk).hex() == "95a17703409201cfffffffffffffffff920506"
