@@ -47,6 +47,10 @@ class Engine(Protocol):
         that ``request.kv_transfer_params`` names, then decode; an unusable transfer raises
         ``kv_transfer.KvTransferError`` before any token."""
 
+    async def release_kv(self, request_id: str) -> None:
+        """A finished PREFILL request's KV is no longer needed (its decode side has it, or
+        never will); the engine may free the blocks it kept for the transfer."""
+
     def load(self) -> EngineLoad:
         """Current load; cheap, called periodically."""
 

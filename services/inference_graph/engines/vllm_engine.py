@@ -350,6 +350,10 @@ class VllmEngine:
         params.extra_args = {**(params.extra_args or {}), "kv_transfer_params": dict(transfer)}
         return params
 
+    async def release_kv(self, request_id: str) -> None:
+        """Nothing to do: vLLM frees a prefill's blocks when the decode engine's NIXL read
+        completes (or after VLLM_NIXL_ABORT_REQUEST_TIMEOUT)."""
+
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
             await self._llm.abort(request_id)

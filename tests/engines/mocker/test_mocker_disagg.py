@@ -123,6 +123,7 @@ async def test_prefill_then_decode_moves_the_prompt(pair):
     params = frames[-1].kv_transfer_params
     assert sum(len(f.token_ids) for f in frames) == 1  # a prefill samples one token
     assert params["num_tokens"] == 200 and params["connector"] == "simulated"
+    assert prefill.kv.num_used == 50  # 200 tokens in blocks of 4, kept for the decode side to read
 
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -133,6 +134,8 @@ async def test_prefill_then_decode_moves_the_prompt(pair):
     rest = [f async for f in stream]
     assert sum(len(f.token_ids) for f in (first, *rest)) == 5
     assert (first, *rest)[-1].finish_reason == "length"
+    await prefill.release_kv("p")  # the prefill worker, once the decode worker has the KV
+    assert prefill.kv.num_used == 0 and prefill.kv.cached_hashes()  # freed, still a prefix cache
 
 
 @pytest.mark.parametrize(
@@ -164,9 +167,12 @@ def test_nixl_side_channel_host_is_the_pod_ip_in_kubernetes(monkeypatch):
     from inference_graph.engines.kv_transfer import NixlTransfer
 
     monkeypatch.delenv("VLLM_NIXL_SIDE_CHANNEL_HOST", raising=False)
-    monkeypatch.setenv("POD_IP", "127.0.0.2")  # a local address other than the default (all 127/8 is loopback)
+    monkeypatch.setenv(
+        "POD_IP", "127.0.0.2"
+    )  # a local address other than the default (all 127/8 is loopback)
     assert NixlTransfer().side_channel()[0] == "127.0.0.2"
     monkeypatch.delenv("POD_IP")
     first, second = NixlTransfer(), NixlTransfer()
     assert first.side_channel()[0] == "127.0.0.1"
     assert first.port != second.port  # a free port per engine
+

@@ -107,6 +107,7 @@ class MockerEngine:
         self._task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
         self._seqs: dict[str, Sequence] = {}
+        self._lent: dict[str, Sequence] = {}  # finished prefills whose blocks a decode side may still read
         self._events: collections.deque[list[wire.KvEvent]] = collections.deque()
         self._events_signal = asyncio.Event()
         self.events_dropped = 0
@@ -208,6 +209,8 @@ class MockerEngine:
                     frame = self._frame(seq, stream, finished)
                     if finished and request.phase == wire.Phase.PREFILL:
                         frame.kv_transfer_params = self.kv_transfer.params(seq.num_prompt, self.engine_id)
+                        if seq.lend_kv:
+                            self._lent[request.request_id] = seq
                     yield frame
                     if finished:
                         return
@@ -219,6 +222,12 @@ class MockerEngine:
             self._seqs.pop(request.request_id, None)
             if not finished:
                 self._abort(seq)
+
+    async def release_kv(self, request_id: str) -> None:
+        lent = self._lent.pop(request_id, None)
+        if lent is not None and self.scheduler is not None:
+            self.scheduler.release(lent)
+            self._wakeup.set()  # freed blocks may let a waiting request in
 
     async def abort(self, request_id: str) -> None:
         seq = self._seqs.get(request_id)
@@ -234,7 +243,12 @@ class MockerEngine:
         return self.scheduler
 
     def _abort(self, seq: Sequence) -> None:
-        if self.scheduler is not None and self.scheduler.abort(seq):
+        if self.scheduler is None:
+            return
+        if seq.lend_kv and seq.status == Status.FINISHED:  # a finished prefill nobody will hand over
+            self.scheduler.release(seq)
+            self._wakeup.set()
+        elif self.scheduler.abort(seq):
             self._wakeup.set()  # freed blocks may let a waiting request in
 
     @staticmethod
@@ -276,6 +290,7 @@ class MockerEngine:
             logprobs=opts.logprobs,
             sink=_Stream(),
             remote_kv=request.phase == wire.Phase.DECODE,
+            lend_kv=request.phase == wire.Phase.PREFILL,
         )
 
     async def _run(self) -> None:

@@ -64,6 +64,7 @@ class Sequence:
         "finish_reason",
         "ignore_eos",
         "key",
+        "lend_kv",
         "logprobs",
         "max_tokens",
         "min_tokens",
@@ -97,6 +98,7 @@ class Sequence:
         logprobs: int | None = None,
         sink: Any = None,
         remote_kv: bool = False,
+        lend_kv: bool = False,
     ):
         self.request_id = request_id
         self.tokens = array("I", prompt)
@@ -122,6 +124,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_token_id: int | None = None
         self.remote_kv = remote_kv  # the prompt's KV arrives from a prefill engine
+        self.lend_kv = lend_kv  # a prefill for a remote decode: blocks stay held until released
         self.transfer_until: float | None = None  # clock time the KV transfer ends, while receiving
 
     @property
@@ -205,6 +208,13 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self.releasing)
+
+    def release(self, seq: Sequence) -> None:
+        """A finished prefill's blocks are no longer needed by its decode side (vLLM frees them
+        when the decode engine's NIXL read completes)."""
+        if seq.lend_kv:
+            seq.lend_kv = False
+            self.kv.free(seq)
 
     def next_transfer_end(self) -> float | None:
         """When the earliest KV transfer in progress ends (clock time), if any."""
@@ -356,7 +366,8 @@ class Scheduler:
             finished = self._check_stop(seq, token)
             if finished:
                 self.running.remove(seq)
-                self.kv.free(seq)
+                if not seq.lend_kv:  # else held until release(): the decode side reads them
+                    self.kv.free(seq)
                 seq.status = Status.FINISHED
             out.append(TokenEvent(seq, token, logprob, finished))
         return out

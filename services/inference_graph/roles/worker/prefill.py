@@ -111,7 +111,10 @@ class PrefillWorker:
             return
         async with delivery.keep_alive():
             result = await self._prefill(request)
-            status = await self._report(request, result)
+            try:
+                status = await self._report(request, result)
+            finally:
+                await self.engine.release_kv(request.request_id)
         log.debug("prefill %s: decode worker answered %s", request.request_id, status.name)
         await delivery.ack()
 
