@@ -87,6 +87,7 @@ class InstanceInfo(msgspec.Struct, omit_defaults=True):
     metadata: dict[str, str] = {}
     kv_side_channel_host: str = ""  # where a KV connector (NIXL) reaches this worker's engine
     kv_side_channel_port: int = 0
+    draining: bool = False  # leaving: route nothing new here; its streams in flight still finish
 
 
 # ---------------------------------------------------------------- processor <-> worker

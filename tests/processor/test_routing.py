@@ -87,3 +87,25 @@ async def test_kv_strategy_resumes_after_the_router_returns():
     up = True
     assert await strategy.pick([1], ["w-a", "w-b"]) == "w-b"
     assert (strategy.decisions, strategy.fallbacks) == (1, 1)
+
+
+def test_the_worker_directory_skips_draining_workers():
+    from inference_graph import wire
+    from inference_graph.processing.remote import DiscoveryWorkerDirectory
+
+    class Watch:
+        instances = {
+            "w-1": wire.InstanceInfo("w-1", "ns", "decode", model="m"),
+            "w-2": wire.InstanceInfo("w-2", "ns", "decode", model="m", draining=True),
+            "w-3": wire.InstanceInfo("w-3", "ns", "decode", model="other"),
+        }
+
+        def add_listener(self, callback):
+            self.callback = callback
+
+    watch = Watch()
+    directory = DiscoveryWorkerDirectory(watch, "m")
+    assert directory.instances() == ["w-1"]
+    watch.instances = {**watch.instances, "w-2": wire.InstanceInfo("w-2", "ns", "decode", model="m")}
+    watch.callback("added", watch.instances["w-2"])
+    assert directory.instances() == ["w-1", "w-2"]

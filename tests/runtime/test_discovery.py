@@ -190,3 +190,31 @@ async def test_close_revokes_registrations(discovery, namespace, etcd_server):
     await other.close()
     await watch.wait_for(lambda s: "a" not in s, timeout=1)
     await watch.close()
+
+
+async def test_a_draining_instance_stays_registered_marked_until_it_revokes(discovery, namespace):
+    watch = await discovery.watch_instances(namespace)
+    models = await discovery.watch_models(namespace)
+    rec = Recorder()
+    watch.add_listener(rec)
+    registered = info(namespace, "a")
+    reg = await discovery.register(registered, ttl=TTL, model="m")
+    await watch.wait_for(lambda s: "a" in s, timeout=2)
+
+    await discovery.mark_draining(reg, registered, model="m")
+    await watch.wait_for(lambda s: s["a"].draining, timeout=2)
+    await models.wait_for(lambda s: all(entry.info.draining for entry in s.values()), timeout=2)
+    assert rec.events == [("added", "a"), ("added", "a")]  # changed, never "removed": not lost
+    await reg.revoke()
+    await watch.wait_for(lambda s: "a" not in s, timeout=2)
+    assert rec.events[-1] == ("removed", "a")
+    await asyncio.gather(watch.close(), models.close())
+
+
+async def test_planner_decisions_round_trip_and_are_watched_across_namespaces(discovery, namespace):
+    assert await discovery.get_replicas(namespace) is None
+    every = await discovery.watch_planner_decisions()
+    await discovery.put_replicas(namespace, {"decode": 3, "prefill": 0})
+    assert await discovery.get_replicas(namespace) == {"decode": 3, "prefill": 0}
+    await every.wait_for(lambda s: s.get(namespace) == (namespace, {"decode": 3, "prefill": 0}), timeout=2)
+    await every.close()

@@ -94,7 +94,10 @@ class DiscoveryWorkerDirectory:
         return self._ids
 
     def _rebuild(self, instances: dict[str, wire.InstanceInfo]) -> None:
-        self._ids = sorted(i for i, info in instances.items() if info.model == self._model)
+        # A draining worker finishes its streams but takes nothing new.
+        self._ids = sorted(
+            i for i, info in instances.items() if info.model == self._model and not info.draining
+        )
 
 
 class NatsRouterClient:

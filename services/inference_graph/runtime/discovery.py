@@ -113,18 +113,23 @@ class Discovery:
 
     async def register(self, info: wire.InstanceInfo, ttl: float, model: str | None = None) -> Registration:
         """Publish ``info`` (and ``model`` in the registry) under a lease kept alive until revoked."""
-        keys = {
-            names.instance_key(info.namespace, info.component, info.instance_id): _info_encoder.encode(info)
-        }
-        if model:
-            keys[names.model_key(info.namespace, model, info.instance_id)] = _info_encoder.encode(info)
-        registration = Registration(self._client, keys, ttl, self._registrations.discard)
+        registration = Registration(
+            self._client, _registration_keys(info, model), ttl, self._registrations.discard
+        )
         await registration._grant_and_put()
         registration._start()
         self._registrations.add(registration)
         return registration
 
     # ------------------------------------------------------------ reads and watches
+
+    async def mark_draining(
+        self, registration: Registration, info: wire.InstanceInfo, model: str | None = None
+    ) -> None:
+        """Announce that the instance is leaving: callers stop routing to it, while its lease (and
+        so its streams in flight) lives on until it revokes. A removed key means lost; this does not."""
+        draining = msgspec.structs.replace(info, draining=True)
+        await registration.replace(_registration_keys(draining, model))
 
     async def list_instances(
         self, namespace: str, component: str | None = None
@@ -245,6 +250,17 @@ class Registration:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    async def replace(self, keys: Mapping[str, bytes]) -> None:
+        """Write new values for the same keys under the same lease (e.g. marked draining)."""
+        if set(keys) != set(self._keys):
+            raise ValueError("a registration keeps its keys; only their values change")
+        self._keys = dict(keys)
+        if self.lease_id is None:
+            return  # the keepalive writes them with the next lease
+        txn = self._client.transactions
+        puts = [txn.put(key.encode(), value, lease=self.lease_id) for key, value in self._keys.items()]
+        await self._client.transaction(compare=[], success=puts, failure=[])
 
     async def revoke(self) -> None:
         """Remove the keys now. Best effort: if etcd is unreachable they expire by TTL."""
@@ -450,6 +466,13 @@ async def _stop_task(task: asyncio.Task | None) -> None:
 
 
 # ---------------------------------------------------------------- decoding
+
+
+def _registration_keys(info: wire.InstanceInfo, model: str | None) -> dict[str, bytes]:
+    keys = {names.instance_key(info.namespace, info.component, info.instance_id): _info_encoder.encode(info)}
+    if model:
+        keys[names.model_key(info.namespace, model, info.instance_id)] = _info_encoder.encode(info)
+    return keys
 
 
 def _decode_replicas(prefix: str, key: bytes, value: bytes) -> tuple[str, dict[str, int]] | None:

@@ -80,10 +80,12 @@ async def main(ctx: RoleContext) -> None:
     )
     try:
         await collector.observe(
-            loop.time(), prefill_watch.instances, decode_watch.instances
+            loop.time(), _serving(prefill_watch.instances), _serving(decode_watch.instances)
         )  # baseline scrape
         while not await _stopped_within(ctx.stopping, spec.planner.interval_seconds):
-            obs = await collector.observe(loop.time(), prefill_watch.instances, decode_watch.instances)
+            obs = await collector.observe(
+                loop.time(), _serving(prefill_watch.instances), _serving(decode_watch.instances)
+            )
             decision = planner.decide(obs, current)
             changed = decision.changed(current)
             for role in changed:
@@ -109,6 +111,11 @@ async def _starting_replicas(ctx: RoleContext, planner: Planner) -> dict[str, in
         current[role] = stored.get(role, planner.initial_replicas(role, service.replicas))
     await ctx.discovery.put_replicas(ctx.namespace, current)
     return current
+
+
+def _serving(instances: dict) -> list[str]:
+    """Registered and not draining: a draining replica is already on its way out."""
+    return [i for i, info in instances.items() if not info.draining]
 
 
 async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:

@@ -43,6 +43,7 @@ class WorkerInstance:
         self._publisher = EventPublisher(ctx.nc, ctx.namespace, instance_id, on_batch=self._kv_mirror.record)
         self._background: list[asyncio.Task] = []
         self._registration: Registration | None = None
+        self._registered: wire.InstanceInfo | None = None
         self._disagg = Disaggregation.create(ctx, engine, instance_id)  # None unless disaggregated
 
     async def start(self) -> None:
@@ -67,16 +68,20 @@ class WorkerInstance:
             tensor_parallel_size=service.tensor_parallel_size if service else 1,
             **(self._disagg.registration_fields() if self._disagg else {}),
         )
+        self._registered = registered
         self._registration = await self.ctx.discovery.register(registered, self.ctx.config.lease_ttl)
         log.info("%s ready: %d KV blocks of %d tokens", self.instance_id, info.num_kv_blocks, info.block_size)
 
     async def drain(self) -> None:
-        """Leave routing first, then finish the streams in flight, then stop the engine."""
+        """Leave routing first (marked draining, lease kept: callers do not take it for lost),
+        then finish the streams in flight, then leave discovery, then stop the engine."""
         if self._registration is not None:
-            await self._registration.revoke()
+            await self.ctx.discovery.mark_draining(self._registration, self._registered)
         if self._disagg is not None:  # a prefill worker stops pulling and finishes what it pulled
             await self._disagg.drain()
         await self._server.stop(drain_timeout=DRAIN_TIMEOUT)
+        if self._registration is not None:
+            await self._registration.revoke()
         if self._disagg is not None:
             await self._disagg.close()
         for task in self._background:
