@@ -231,7 +231,12 @@ async def test_graceful_prefill_stop_finishes_what_it_pulled_then_leaves(cluster
     worker = prefill._disagg.prefill
     result = asyncio.create_task(collect(decode, request("r", 3000)))  # ~0.3 s of prefill at speedup 0.2
     await wait_until(lambda: worker.in_flight == 1)
-    await c.stop(prefill)  # leave discovery, stop pulling, finish the prefill in flight
+    stopping = asyncio.create_task(c.stop(prefill))  # mark draining, stop pulling, finish, leave
+    # while it drains it is still registered, but no longer counted as a prefill worker to queue for
+    await wait_until(
+        lambda: decode._disagg._prefill_watch.instances and not decode._disagg.decode._prefill_instances()
+    )
+    await stopping
     assert len(await result) == 4
     assert decode._disagg.decode.counters.remote_prefills == 1 and worker.prefilled == 1
     assert not await c.discovery.list_instances(c.graph.metadata.name, Role.PREFILL.value)

@@ -60,9 +60,15 @@ class Disaggregation:
                 engine,
                 self.queue,
                 spec,
-                prefill_instances=lambda: self._prefill_watch.instances if self._prefill_watch else {},
+                prefill_instances=self._serving_prefill_instances,
                 prefix=self.prefix,
             )
+
+    def _serving_prefill_instances(self) -> dict[str, wire.InstanceInfo]:
+        """Registered prefill workers that still pull (a draining one only finishes what it holds)."""
+        if self._prefill_watch is None:
+            return {}
+        return {i: info for i, info in self._prefill_watch.instances.items() if not info.draining}
 
     @classmethod
     def create(cls, ctx: RoleContext, engine: Engine, instance_id: str) -> Disaggregation | None:
