@@ -175,4 +175,3 @@ def test_nixl_side_channel_host_is_the_pod_ip_in_kubernetes(monkeypatch):
     first, second = NixlTransfer(), NixlTransfer()
     assert first.side_channel()[0] == "127.0.0.1"
     assert first.port != second.port  # a free port per engine
-
