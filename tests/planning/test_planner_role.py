@@ -45,3 +45,40 @@ def test_capacity_comes_from_the_simulated_engines_timing_or_a_profile():
         capacity_model(vllm, kv_blocks=1000)
     assert caught.value.field == "spec.planner.profile"
     assert capacity_model(disaggregated_spec({"policy": "load"}, {}), kv_blocks=1000) is None
+
+
+async def test_the_collector_takes_a_baseline_first_and_raises_when_the_frontend_is_unreachable():
+    import socket
+
+    from prometheus_client import start_http_server
+
+    from inference_graph import wire
+    from inference_graph.roles.planner.collect import Collector
+
+    metrics = FrontendMetrics(CollectorRegistry(), remote_prefill_over=1000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        collector = Collector(f"http://127.0.0.1:{port}/metrics", interval_s=10)
+        collector.on_load(
+            wire.LoadMetrics("d-1", 0.0, running=3, waiting=1, kv_usage=0.5, prefill_queue_depth=4)
+        )
+        assert await collector.observe(0.0, [], ["d-1"]) is None  # baseline
+        observer = metrics.start("completions", "m", 0.0)
+        observer.usage(prompt_tokens=2000, completion_tokens=20, cached_tokens=0)
+        observer.finish()
+        obs = await collector.observe(10.0, [], ["d-1", "d-2"])  # d-2 registered, no load report yet
+        assert (obs.arrivals, obs.remote_prefill_tokens, obs.mean_output_tokens) == (1, 2000, 20)
+        assert (obs.decode_replicas, obs.decode_running, obs.decode_waiting, obs.prefill_queue) == (
+            2,
+            3,
+            1,
+            4,
+        )
+    finally:
+        server.shutdown()
+        thread.join()
+    with pytest.raises(OSError):
+        await Collector(f"http://127.0.0.1:{port}/metrics", interval_s=10).observe(0.0, [], [])

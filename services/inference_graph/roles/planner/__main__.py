@@ -79,13 +79,18 @@ async def main(ctx: RoleContext) -> None:
         spec.planner.policy,
     )
     try:
-        await collector.observe(
-            loop.time(), _serving(prefill_watch.instances), _serving(decode_watch.instances)
-        )  # baseline scrape
         while not await _stopped_within(ctx.stopping, spec.planner.interval_seconds):
-            obs = await collector.observe(
-                loop.time(), _serving(prefill_watch.instances), _serving(decode_watch.instances)
-            )
+            try:
+                obs = await collector.observe(
+                    loop.time(), _serving(prefill_watch.instances), _serving(decode_watch.instances)
+                )
+            except OSError as err:  # the frontend is starting, restarting or gone: no decision now
+                log.warning(
+                    "planner: cannot read %s (%s); skipping this interval", collector.metrics_url, err
+                )
+                continue
+            if obs is None:  # the first scrape: only a baseline
+                continue
             decision = planner.decide(obs, current)
             changed = decision.changed(current)
             for role in changed:

@@ -101,12 +101,16 @@ class Collector:
         self._load[metrics.instance_id] = metrics
         self._received[metrics.instance_id] = time.monotonic()
 
-    async def observe(self, now: float, prefill_ids: Iterable[str], decode_ids: Iterable[str]) -> Observation:
-        """``prefill_ids``/``decode_ids``: the instances registered now."""
+    async def observe(
+        self, now: float, prefill_ids: Iterable[str], decode_ids: Iterable[str]
+    ) -> Observation | None:
+        """``prefill_ids``/``decode_ids``: the instances serving now. None for the first call (a
+        baseline: counters are cumulative). Raises OSError when the frontend cannot be read."""
         prefill_ids, decode_ids = list(prefill_ids), list(decode_ids)
         sample = FrontendSample.parse(await asyncio.to_thread(scrape, self.metrics_url))
-        before = self._previous or sample  # the first interval reports no demand
-        self._previous = sample
+        before, self._previous = self._previous, sample
+        if before is None:
+            return None
         prefill = self._fresh(prefill_ids)
         decode = self._fresh(decode_ids)
         arrivals = sample.requests - before.requests
