@@ -42,6 +42,7 @@ Choices (see docs/kubernetes.md):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -431,6 +432,8 @@ def render_deployment(
         pod_spec["nodeSelector"] = dict(service.node_selector)
     if service and service.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in service.tolerations]
+    if service and service.affinity:
+        pod_spec["affinity"] = copy.deepcopy(service.affinity)
 
     pod_labels = {**labels(graph, defaults, role), **selector(graph, role)}
     pod_annotations = {SPEC_HASH_ANNOTATION: role_spec_hash(graph, role)}

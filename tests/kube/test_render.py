@@ -30,6 +30,29 @@ DEFAULTS = OperatorDefaults(
 )
 
 
+# Keep a graph's workers on nodes of one RDMA fabric, and its decode replicas apart.
+AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "fabric", "operator": "In", "values": ["ib-a"]}]}
+            ]
+        }
+    },
+    "podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "decode"}},
+                },
+            }
+        ]
+    },
+}
+
+
 def full_manifest() -> dict:
     """A graph with every option set."""
     gpu_taint = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -38,6 +61,7 @@ def full_manifest() -> dict:
         "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}},
         "nodeSelector": {"nvidia.com/gpu.product": "H100"},
         "tolerations": [gpu_taint],
+        "affinity": AFFINITY,
     }
     return {
         "apiVersion": "inferencegraph.dev/v1alpha1",
@@ -232,8 +256,9 @@ def test_placement_comes_from_the_spec():
     pod = deployments["g-decode"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["affinity"] == AFFINITY
     frontend_pod = deployments["g-frontend"]["spec"]["template"]["spec"]
-    assert "nodeSelector" not in frontend_pod and "tolerations" not in frontend_pod
+    assert not {"nodeSelector", "tolerations", "affinity"} & set(frontend_pod)
 
 
 def test_probes():

@@ -383,6 +383,11 @@ class ServiceSpec(_Model):
         default_factory=list,
         description="Kubernetes tolerations of the role's pods (e.g. for GPU node taints).",
     )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Kubernetes affinity of the role's pods (nodeAffinity, podAffinity, podAntiAffinity), "
+        "e.g. to keep prefill and decode on nodes of one RDMA fabric.",
+    )
     port: int | None = Field(default=None, ge=1, le=65535, description="Listening port (frontend only).")
     rdma: RdmaSpec = Field(
         default_factory=RdmaSpec,
