@@ -170,3 +170,28 @@ def test_values_schema_rejects_bad_values_naming_the_key(chart, values, message)
 def test_default_values_pass_the_schema(chart):
     chart.validate_schema(None)
     chart.validate_schema(NON_DEFAULT)
+
+
+def test_grafana_dashboard_queries_the_frontends_metrics(chart):
+    import json
+    import re
+
+    from prometheus_client import CollectorRegistry
+
+    from inference_graph.roles.frontend.metrics import FrontendMetrics
+
+    docs, _ = render(chart, {"metrics": {"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}})
+    (configmap,) = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["inference-graph.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\b(ig_frontend_[a-z_]+)", " ".join(exprs)))
+    # every series a panel reads is one the frontend exports (histograms as _bucket, counters as _total)
+    registry = CollectorRegistry()
+    FrontendMetrics(registry)
+    exported = {family.name for family in registry.collect() if family.type == "gauge"}
+    exported |= {f"{family.name}_total" for family in registry.collect() if family.type == "counter"}
+    exported |= {f"{family.name}_bucket" for family in registry.collect() if family.type == "histogram"}
+    assert len(used) >= 8 and used <= exported, used - exported
+    assert not find(render(chart)[0], "ConfigMap")  # off by default
