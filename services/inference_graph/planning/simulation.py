@@ -175,9 +175,8 @@ class Cluster:
         self._ids = itertools.count()
         self.workers: list[SimWorker] = []
         self.prefill_queue: deque[SimRequest] = deque()
-        self._prefill_jobs: dict[
-            str, tuple[SimRequest, SimWorker]
-        ] = {}  # prefill seq id -> (request, decode)
+        # prefill sequence id -> (request, the decode worker that will decode it)
+        self._prefill_jobs: dict[str, tuple[SimRequest, SimWorker]] = {}
         self._decode_seqs: dict[str, SimRequest] = {}
         self._decode_of: dict[int, SimWorker] = {}  # queued request id -> its decode worker
         self._end = 0.0  # when the trace's last phase ends
