@@ -131,3 +131,35 @@ async def test_killing_a_prefill_worker_loses_and_repeats_no_request(start_graph
     finally:
         await discovery.close()
         await watch.close()
+
+
+async def test_with_the_kv_router_a_cached_prompt_is_prefilled_where_it_is_cached(
+    start_graph, infrastructure
+):
+    name = "disagg-router-sim"
+    graph = start_graph(
+        name,
+        config="configs/disagg_router.yaml",
+        overrides=[
+            *SIMULATED,
+            "engine.mocker.speedup=5",
+            "disaggregation.conditional.maxLocalPrefillLength=256",
+        ],
+    )
+    watch = LoadWatch()
+    await watch.start(infrastructure["NATS_SERVER"], name)
+    try:
+        async with httpx.AsyncClient(base_url=graph.base_url, timeout=120) as http:
+            await complete(http, 1500, seed=1)  # remote: nothing cached anywhere
+            await watch.wait(lambda latest: watch.total("remote_prefills") == 1, "one remote prefill")
+            # The router indexed the decode worker's KV events (published steps before the response
+            # ended) and sends the same prompt back to it, whose own prefix cache leaves fewer than
+            # 256 uncached tokens: prefilled locally, not queued.
+            for _ in range(3):
+                await complete(http, 1500, seed=1)
+        await watch.wait(
+            lambda latest: watch.total("remote_prefills") == 1 and watch.total("local_prefills") == 3,
+            "the repeats prefilled locally on the worker holding the prefix",
+        )
+    finally:
+        await watch.close()
