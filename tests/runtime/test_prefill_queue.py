@@ -9,7 +9,7 @@ import pytest
 
 from inference_graph import wire
 from inference_graph.runtime.embedded import EmbeddedNats
-from inference_graph.runtime.prefill_queue import PrefillQueue, QueueSettings
+from inference_graph.runtime.prefill_queue import JetStreamUnavailable, PrefillQueue, QueueSettings
 
 
 def request(i: int) -> wire.PrefillRequest:
@@ -141,3 +141,13 @@ async def test_queue_survives_a_nats_server_restart(namespace):
             await delivery.ack()
         finally:
             await close(queue)
+
+
+async def test_a_nats_server_without_jetstream_is_a_clear_error(namespace):
+    with EmbeddedNats(jetstream=False) as server:
+        nc = await nats.connect(server.url)
+        try:
+            with pytest.raises(JetStreamUnavailable, match="needs JetStream"):
+                await PrefillQueue(nc, namespace).ensure()
+        finally:
+            await nc.close()

@@ -50,6 +50,10 @@ CONSUMER = "prefill"
 _DEPTH_MAX_AGE = 0.05  # seconds a measured depth is reused (one JetStream API call per 50 ms at most)
 
 
+class JetStreamUnavailable(RuntimeError):
+    """The NATS server has no JetStream, so there can be no prefill queue."""
+
+
 def stream_name(namespace: str) -> str:
     return f"IG_PREFILL_{token(namespace)}"
 
@@ -124,7 +128,18 @@ class PrefillQueue:
         self._sub = None
 
     async def ensure(self) -> None:
-        """Create (or update) the stream and the shared consumer; every worker may call it."""
+        """Create (or update) the stream and the shared consumer; every worker may call it.
+
+        Raises ``JetStreamUnavailable`` when the NATS server runs without JetStream."""
+        try:
+            await self._create()
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise JetStreamUnavailable(
+                "spec.disaggregation.enabled: the prefill queue needs JetStream, and the NATS server "
+                f"does not offer it ({exc!r}); start nats-server with -js (the embedded one does)"
+            ) from exc
+
+    async def _create(self) -> None:
         config = StreamConfig(
             name=self.stream,
             subjects=[self.subject],
