@@ -15,6 +15,7 @@ import pytest
 from inference_graph.core.spec import Role
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.event_plane import subscribe_load
+from inference_graph.runtime.prefill_queue import PrefillQueue
 
 from .conftest import TINY_OVERRIDES
 
@@ -48,6 +49,19 @@ class LoadWatch:
 
     async def close(self) -> None:
         await self._nc.close()
+
+
+async def queue_builds_up(url: str, namespace: str, timeout: float = 30.0) -> None:
+    """Until requests wait in the graph's prefill queue (read from JetStream directly)."""
+    nc = await nats.connect(url)
+    try:
+        queue = PrefillQueue(nc, namespace)
+        deadline = time.monotonic() + timeout
+        while await queue.depth() < 2:
+            assert time.monotonic() < deadline, "the prefill queue never built up"
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
 
 
 async def complete(http: httpx.AsyncClient, length: int, seed: int, max_tokens: int = 8) -> dict:
@@ -117,9 +131,7 @@ async def test_killing_a_prefill_worker_loses_and_repeats_no_request(start_graph
         victim = next(iter(prefills.values()))
         async with httpx.AsyncClient(base_url=graph.base_url, timeout=120) as http:
             requests = [asyncio.create_task(complete(http, 1500, i)) for i in range(16)]
-            await watch.wait(
-                lambda latest: any(m.prefill_queue_depth > 0 for m in latest.values()), "a queue"
-            )
+            await queue_builds_up(infrastructure["NATS_SERVER"], name)
             os.kill(victim.pid, signal.SIGKILL)  # dies holding pulled requests, with more queued
             results = await asyncio.gather(*requests)
         assert len(results) == 16 and all(r["usage"]["completion_tokens"] == 8 for r in results)
