@@ -247,7 +247,7 @@ async def test_graceful_prefill_stop_finishes_what_it_pulled_then_leaves(cluster
 
 def test_kv_from_a_side_channel_other_than_the_registered_one_is_refused():
     from inference_graph.engines.kv_transfer import KvTransferError
-    from inference_graph.roles.worker.disagg import DisaggregatedDecode
+    from inference_graph.roles.worker.remote_prefill import DisaggregatedDecode
 
     info = wire.InstanceInfo(
         "p1", "ns", "prefill", kv_side_channel_host="10.0.0.5", kv_side_channel_port=5600

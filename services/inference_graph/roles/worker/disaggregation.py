@@ -21,8 +21,8 @@ from ...core.spec import Role
 from ...engines.base import Engine
 from ...runtime.prefill_queue import PrefillQueue, QueueSettings
 from ..bootstrap import RoleContext
-from .disagg import DisaggregatedDecode, LocalPrefixCache
 from .prefill import PrefillWorker
+from .remote_prefill import DisaggregatedDecode, LocalPrefixCache
 
 log = logging.getLogger(__name__)
 

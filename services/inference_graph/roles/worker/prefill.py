@@ -32,7 +32,7 @@ from ... import wire
 from ...engines.base import Engine
 from ...engines.errors import EngineRequestError
 from ...runtime.prefill_queue import Delivery, PrefillQueue
-from .disagg import prefill_done_subject
+from .remote_prefill import prefill_done_subject
 
 log = logging.getLogger(__name__)
 
