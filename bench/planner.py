@@ -21,7 +21,7 @@ from pathlib import Path
 
 from inference_graph.core.spec import GraphSpec, parse_graph
 from inference_graph.engines.mocker.timing import PolynomialTiming
-from inference_graph.planning import CapacityModel, Planner, make_policy
+from inference_graph.planning import Planner, make_policy
 from inference_graph.planning.simulation import Cluster, ClusterConfig, EngineShape, Phase, SimResult
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,14 +78,7 @@ def config(spec: GraphSpec, startup_s: float) -> ClusterConfig:
 
 def run_planner(policy: str, startup_s: float, trace: list[Phase], prefill_min: int) -> SimResult:
     spec = graph(policy, prefill_min)
-    capacity = CapacityModel(
-        ENGINE.timing,
-        ENGINE.kv_tokens,
-        ENGINE.max_num_seqs,
-        ENGINE.max_batched_tokens,
-        ENGINE.transfer_s_per_token,
-    )
-    planner = Planner.for_graph(spec, make_policy(spec, capacity))
+    planner = Planner.for_graph(spec, make_policy(spec, ENGINE.capacity()))
     return Cluster(config(spec, startup_s), {"prefill": prefill_min, "decode": 1}, planner).run(trace)
 
 

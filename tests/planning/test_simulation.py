@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from inference_graph.engines.mocker.timing import PolynomialTiming
-from inference_graph.planning import CapacityModel, Planner, make_policy
+from inference_graph.planning import Planner, make_policy
 from inference_graph.planning.simulation import Cluster, ClusterConfig, EngineShape, Phase, SimResult
 
 from .common import disaggregated_spec
@@ -57,14 +57,7 @@ def graph(policy: str):
 
 def simulate(policy: str) -> SimResult:
     spec = graph(policy)
-    capacity = CapacityModel(
-        ENGINE.timing,
-        ENGINE.kv_tokens,
-        ENGINE.max_num_seqs,
-        ENGINE.max_batched_tokens,
-        ENGINE.transfer_s_per_token,
-    )
-    planner = Planner.for_graph(spec, make_policy(spec, capacity))
+    planner = Planner.for_graph(spec, make_policy(spec, ENGINE.capacity()))
     config = ClusterConfig(
         ENGINE, startup_s=10, interval_s=spec.planner.interval_seconds, max_prefill_queue_size=8
     )

@@ -34,7 +34,7 @@ from ..engines.mocker.timing import TimingModel, step_ms
 from ..engines.mocker.tokens import TokenSampler, Vocab
 from .observation import Observation
 from .planner import Planner
-from .policies import DECODE, PREFILL
+from .policies import DECODE, PREFILL, CapacityModel
 
 _VOCAB = Vocab.plain(32_000)
 # Requests a prefill worker holds at once, as the prefill role's pull consumer does
@@ -68,6 +68,12 @@ class EngineShape:
     @property
     def kv_tokens(self) -> int:
         return self.num_kv_blocks * self.block_size
+
+    def capacity(self) -> CapacityModel:
+        """What the SLA policy knows of these engines: the same timing model and sizes."""
+        return CapacityModel(
+            self.timing, self.kv_tokens, self.max_num_seqs, self.max_batched_tokens, self.transfer_s_per_token
+        )
 
 
 @dataclass(frozen=True)
