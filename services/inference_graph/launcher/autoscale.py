@@ -3,8 +3,10 @@
 The launcher is the one writer of local replicas, as the operator is in
 Kubernetes: the planner stores ``{role: replicas}`` in etcd, this watches it and
 starts or stops worker processes. Stopping is the graceful drain every worker
-does on SIGTERM (a decode worker leaves discovery and finishes its streams; a
-prefill worker stops pulling and finishes what it holds), so nothing is lost.
+does on SIGTERM (it marks itself draining so nothing new is routed to it, a
+decode worker finishes its streams, a prefill worker stops pulling and finishes
+what it holds, then it leaves discovery), so nothing is lost. A decision is
+applied role by role; a scale-down waits for the leaving worker's drain.
 """
 
 from __future__ import annotations
@@ -12,15 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
 
 from ..core.instances import ETCD_ENV, FRONTEND_URL_ENV, RoleInstance, autoscaled_roles
 from ..core.spec import EngineType, InferenceGraph, Role, SpecError
-from ..runtime.discovery import Discovery
+from ..runtime.discovery import Discovery, PrefixWatch
 from .supervisor import Supervisor
-
-log = logging.getLogger(__name__)
 
 
 def check_autoscaling_runs_locally(graph: InferenceGraph) -> None:
@@ -62,7 +61,9 @@ async def apply_planner_decisions(
         await discovery.close()
 
 
-async def _apply_forever(watch, by_role: dict[str, RoleInstance], supervisor: Supervisor) -> None:
+async def _apply_forever(
+    watch: PrefixWatch[str, dict[str, int]], by_role: dict[str, RoleInstance], supervisor: Supervisor
+) -> None:
     applied: dict[str, int] = {}
     while True:
         snapshot = await watch.wait_for(
@@ -71,7 +72,6 @@ async def _apply_forever(watch, by_role: dict[str, RoleInstance], supervisor: Su
         decision = snapshot["replicas"]
         for role, count in decision.items():
             if role in by_role and applied.get(role) != count:
-                log.info("planner: %s -> %d replicas", role, count)
-                print(f"planner: {role} -> {count} replicas", flush=True)
+                print(f"planner: {role} -> {count} replicas", flush=True)  # the launcher's console
                 await supervisor.set_replicas(by_role[role], count)
         applied = dict(decision)
