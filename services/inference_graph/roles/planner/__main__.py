@@ -4,7 +4,8 @@ Every ``spec.planner.intervalSeconds`` it measures the last interval
 (``collect.Collector``), asks ``planning.Planner`` for the replicas of the roles
 with ``autoscaling.enabled``, and stores the decision in etcd
 (``/ig/{namespace}/planner/replicas``). It starts and stops nothing itself: the
-one writer of replicas applies the decision (the local launcher watches that key).
+one writer of replicas applies the decision (the local launcher, or the operator in
+Kubernetes, watches that key).
 
 ``IG_FRONTEND_URL`` (required): the frontend's base URL, whose /metrics it reads.
 """
@@ -51,6 +52,7 @@ def capacity_model(spec: GraphSpec, kv_blocks: int) -> CapacityModel | None:
         timing,
         kv_tokens=kv_blocks * spec.engine.block_size,
         max_num_seqs=spec.engine.max_num_seqs,
+        # The simulated engine's step budget; a vLLM profile's prefill curve covers vLLM's own.
         max_batched_tokens=spec.engine.mocker.max_num_batched_tokens,
         transfer_s_per_token=bytes_per_token / (transfer.bandwidth_gbps * 1e9),
     )
