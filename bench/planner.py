@@ -51,6 +51,7 @@ def graph(policy: str, prefill_min: int = 1) -> GraphSpec:
             "metadata": {"name": "bench"},
             "spec": {
                 "model": {"name": "m", "source": "builtin://tiny-llama"},
+                "engine": {"type": "mocker"},  # capacity from the simulated engine's timing model
                 "disaggregation": {"enabled": True, "conditional": {"maxPrefillQueueSize": 8}},
                 "planner": {"policy": policy, "intervalSeconds": 10},
                 "services": {

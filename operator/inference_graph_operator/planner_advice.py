@@ -29,6 +29,7 @@ from .controller import GraphController
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # etcd unreachable at start: try again after this long
+_ROLES = frozenset(role.value for role in Role)
 
 
 class PlannerAdvice:
@@ -43,7 +44,7 @@ class PlannerAdvice:
         decision = self._decisions.get(name)
         if decision is None:
             return None
-        return {Role(role): count for role, count in decision.items() if role in Role._value2member_map_}
+        return {Role(role): count for role, count in decision.items() if role in _ROLES}
 
     async def run(self, controller: GraphController) -> None:
         """Watch decisions until cancelled; reconnect while etcd is unreachable."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_graph.core.spec import InferenceGraph, Role, SpecError, parse_graph
+from inference_graph.planning import RoleLimits
 
 from .render import (
     COMPONENT_LABEL,
@@ -98,18 +99,12 @@ def decide_replicas(graph: InferenceGraph, recommended: Mapping[Role, int] | Non
     the spec's count within those bounds. A decision for a role that does not autoscale is
     ignored: manual ``replicas`` win. Nothing else writes ``spec.replicas`` of a child Deployment.
     """
-    out: dict[Role, int] = {}
-    for role in Role:
-        service = graph.spec.services.get(role)
-        if service is None:
-            continue
-        out[role] = service.replicas
-        scaling = service.autoscaling
-        if scaling.enabled:
-            wanted = (recommended or {}).get(role, service.replicas)
-            out[role] = min(max(int(wanted), scaling.min_replicas), scaling.max_replicas)
-    if any(s.autoscaling.enabled for r in Role if (s := graph.spec.services.get(r)) is not None):
-        out[Role.PLANNER] = 1
+    out = {role: service.replicas for role in Role if (service := graph.spec.services.get(role)) is not None}
+    autoscaled = graph.spec.autoscaled()
+    for role, scaling in autoscaled.items():
+        out[role] = RoleLimits.from_spec(scaling).clamp(int((recommended or {}).get(role, out[role])))
+    if autoscaled:
+        out[Role.PLANNER] = 1  # the planner Deployment
     return out
 
 

@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from .common import CONFIGS, ROOT
+from .common import CONFIGS, ROOT, WIDE_HEADER
 
 CRD = ROOT / "crds" / "inferencegraph.yaml"
 GROUP, VERSION, PLURAL = "inferencegraph.dev", "v1alpha1", "inferencegraphs"
@@ -79,18 +79,7 @@ def test_kubectl_get_prints_the_crd_printer_columns(with_crd):
     assert header.split() == ["NAME", "PHASE", "READY", "ENDPOINT", "AGE"]
     assert row.split()[:3] == [name, "Ready", "3/3"]
     wide = with_crd.kubectl("get", "ig", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide == [
-        "NAME",
-        "PHASE",
-        "READY",
-        "FRONTEND",
-        "PROCESSOR",
-        "ROUTER",
-        "DECODE",
-        "PREFILL",
-        "ENDPOINT",
-        "AGE",
-    ]
+    assert wide == WIDE_HEADER
 
 
 def test_kubectl_explain_teaches_the_spec(with_crd):

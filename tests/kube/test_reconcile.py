@@ -192,6 +192,7 @@ def test_replicas_come_from_the_spec_unless_the_role_autoscales():
 
     body = graph_body()
     body["spec"]["services"]["prefill"]["autoscaling"] = {"enabled": True, "minReplicas": 0, "maxReplicas": 3}
+    body["spec"]["planner"] = {"policy": "load"}  # sla with vLLM would need a measured profile
     graph = parse_graph({k: v for k, v in body.items() if k != "status"})
     assert decide_replicas(graph)[Role.PREFILL] == 1  # before the first decision: the spec's, in bounds
     recommended = {Role.PREFILL: 9, Role.DECODE: 7, Role.ROUTER: 3}

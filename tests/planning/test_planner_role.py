@@ -34,17 +34,23 @@ def test_an_interval_is_the_difference_of_two_scrapes():
     assert quantile_ms(after.ttft_buckets, after.ttft_buckets, 0.9) is None  # nothing new observed
 
 
-def test_capacity_comes_from_the_simulated_engines_timing_or_a_profile():
+def test_capacity_comes_from_the_simulated_engines_timing_or_a_profile(tmp_path):
     simulated = disaggregated_spec({"policy": "sla"}, {}, engine={"type": "mocker"})
     model = capacity_model(simulated, kv_blocks=1000)
     assert (
         isinstance(model.timing, PolynomialTiming) and model.kv_tokens == 1000 * simulated.engine.block_size
     )
-    vllm = disaggregated_spec({"policy": "sla"}, {})
-    with pytest.raises(SpecError) as caught:
-        capacity_model(vllm, kv_blocks=1000)
-    assert caught.value.field == "spec.planner.profile"
+    profile = tmp_path / "profile.json"
+    profile.write_text(
+        '{"prefill": {"tokens": [1, 2048], "ms": [15.0, 70.0]},'
+        ' "decode": {"batch": [1, 64], "kv_usage": [0.0, 1.0], "ms": [[6.0, 9.0], [10.0, 20.0]]}}'
+    )
+    vllm = disaggregated_spec({"policy": "sla", "profile": str(profile)}, {})
+    assert capacity_model(vllm, kv_blocks=1000).timing.prefill_ms(2048) == 70.0
     assert capacity_model(disaggregated_spec({"policy": "load"}, {}), kv_blocks=1000) is None
+    # sla with vLLM workers and no profile: refused when the graph is read, naming the field
+    with pytest.raises(SpecError, match=r"spec\.planner\.profile"):
+        disaggregated_spec({"policy": "sla"}, {"decode": {"autoscaling": {"enabled": True}}})
 
 
 async def test_the_collector_takes_a_baseline_first_and_raises_when_the_frontend_is_unreachable():

@@ -159,7 +159,9 @@ def test_sla_policy_corrects_by_observed_latency():
 
 def test_policy_from_the_spec():
     graph = disaggregated_spec(
-        {"policy": "sla"}, {"prefill": {"autoscaling": {"enabled": True, "minReplicas": 0}}}
+        {"policy": "sla"},
+        {"prefill": {"autoscaling": {"enabled": True, "minReplicas": 0}}},
+        engine={"type": "mocker"},
     )
     policy = make_policy(graph, CAPACITY)
     assert isinstance(policy, SlaPolicy) and policy.decode is None and policy.prefill is not None

@@ -52,6 +52,7 @@ def graph(policy: str):
             "prefill": {"replicas": 1, "autoscaling": {**autoscaling, "minReplicas": 0}},
             "decode": {"replicas": 1, "autoscaling": {**autoscaling, "minReplicas": 1}},
         },
+        engine={"type": "mocker"},  # the planner plans from the simulated engine's timing model
     )
 
 

@@ -29,12 +29,6 @@ ROLE_MODULES = {
 }
 
 
-def autoscaled_roles(graph: InferenceGraph) -> list[Role]:
-    """The worker roles whose replicas the planner decides."""
-    services = graph.spec.services
-    return [r for r in WORKER_ROLES if (s := services.get(r)) is not None and s.autoscaling.enabled]
-
-
 @dataclass(frozen=True)
 class RoleInstance:
     """What one role of a graph runs: a Python module with arguments, and how many."""
@@ -88,7 +82,7 @@ def desired_instances(
                 port=service.port if role is Role.FRONTEND else None,
             )
         )
-    if autoscaled_roles(graph):  # one planner per graph; it needs the frontend's URL (FRONTEND_URL_ENV)
+    if spec.autoscaled():  # one planner per graph; it needs the frontend's URL (FRONTEND_URL_ENV)
         instances.append(
             RoleInstance(
                 role=Role.PLANNER,

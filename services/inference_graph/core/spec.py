@@ -508,6 +508,14 @@ class GraphSpec(_Model):
             raise ValueError("services.prefill needs disaggregation.enabled: true")
         return self
 
+    def autoscaled(self) -> dict[Role, AutoscalingSpec]:
+        """The worker roles whose replicas the planner decides, with their settings."""
+        return {
+            role: service.autoscaling
+            for role in WORKER_ROLES
+            if (service := self.services.get(role)) is not None and service.autoscaling.enabled
+        }
+
     @model_validator(mode="after")
     def _autoscaling_only_for_workers(self) -> GraphSpec:
         for role in ("frontend", "processor", "router"):
@@ -516,6 +524,16 @@ class GraphSpec(_Model):
                 raise ValueError(f"services.{role}.autoscaling: only prefill and decode autoscale")
         if self.services.decode.autoscaling.enabled and self.services.decode.autoscaling.min_replicas < 1:
             raise ValueError("services.decode.autoscaling.minReplicas must be at least 1")
+        return self
+
+    @model_validator(mode="after")
+    def _sla_planner_needs_a_profile_of_a_real_engine(self) -> GraphSpec:
+        sla = self.planner.policy is PlannerPolicy.SLA
+        if self.autoscaled() and sla and self.engine.type is EngineType.VLLM and not self.planner.profile:
+            raise ValueError(
+                "spec.planner.profile: the sla policy with vLLM workers needs the engine's measured "
+                "timing profile (or spec.planner.policy: load)"
+            )
         return self
 
     @model_validator(mode="after")

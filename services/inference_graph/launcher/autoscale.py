@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
-from ..core.instances import ETCD_ENV, FRONTEND_URL_ENV, RoleInstance, autoscaled_roles
+from ..core.instances import ETCD_ENV, FRONTEND_URL_ENV, RoleInstance
 from ..core.spec import EngineType, InferenceGraph, Role, SpecError
 from ..runtime.discovery import Discovery, PrefixWatch
 from .supervisor import Supervisor
@@ -26,7 +26,7 @@ def check_autoscaling_runs_locally(graph: InferenceGraph) -> None:
     """Local replicas are processes: several simulated engines per process cannot scale one by one."""
     spec = graph.spec
     if (
-        autoscaled_roles(graph)
+        spec.autoscaled()
         and spec.engine.type is EngineType.MOCKER
         and spec.engine.mocker.instances_per_process > 1
     ):

@@ -22,7 +22,6 @@ from ..core.instances import (
     ETCD_ENV,
     NATS_ENV,
     RoleInstance,
-    autoscaled_roles,
     desired_instances,
 )
 from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
@@ -175,7 +174,7 @@ async def _run_until_stopped(
     for instance in instances:
         await supervisor.set_replicas(*local_processes(graph, instance))
     async with contextlib.AsyncExitStack() as stack:
-        if autoscaled_roles(graph):
+        if graph.spec.autoscaled():
             await stack.enter_async_context(apply_planner_decisions(graph, instances, supervisor, infra_env))
         await _serve_until_stopped(base, supervisor, options, stop, graph)
 

@@ -33,11 +33,7 @@ class Planner:
 
     @classmethod
     def for_graph(cls, spec: GraphSpec, policy: ScalingPolicy) -> Planner:
-        limits: dict[str, RoleLimits] = {}
-        for role in (PREFILL, DECODE):
-            service = getattr(spec.services, role)
-            if service is not None and service.autoscaling.enabled:
-                limits[role] = RoleLimits.from_spec(service.autoscaling)
+        limits = {role.value: RoleLimits.from_spec(scaling) for role, scaling in spec.autoscaled().items()}
         return cls(policy, limits, spec.planner.prefill_decode_ratio)
 
     @property

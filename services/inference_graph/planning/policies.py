@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core.spec import AutoscalingTargets, GraphSpec, PlannerPolicy
+from ..core.spec import AutoscalingTargets, GraphSpec, PlannerPolicy, Role
 from ..engines.mocker.timing import TimingModel
 from .observation import Observation
 
@@ -241,13 +241,9 @@ def _rates(obs: Observation) -> tuple[float, float, float]:
 
 def make_policy(spec: GraphSpec, capacity: CapacityModel | None) -> ScalingPolicy:
     """The policy ``spec.planner.policy`` names, for the roles with autoscaling enabled."""
-    prefill_service = spec.services.prefill
-    prefill = (
-        prefill_service.autoscaling.targets
-        if prefill_service is not None and prefill_service.autoscaling.enabled
-        else None
-    )
-    decode = spec.services.decode.autoscaling.targets if spec.services.decode.autoscaling.enabled else None
+    autoscaled = spec.autoscaled()
+    prefill = autoscaled[Role.PREFILL].targets if Role.PREFILL in autoscaled else None
+    decode = autoscaled[Role.DECODE].targets if Role.DECODE in autoscaled else None
     if spec.planner.policy is PlannerPolicy.LOAD:
         return LoadPolicy(prefill, decode)
     if capacity is None:

@@ -47,14 +47,7 @@ class IncrementalDetokenizer:
 
     def step(self, token_id: int) -> str:
         """Feed one generated token; return the text it completes (often "" mid-character)."""
-        text = self._stream.step(self._tokenizer, token_id)
-        if text is None:
-            self._pending.append(token_id)
-            return ""
-        self._window.extend(self._pending)
-        self._window.append(token_id)
-        self._pending.clear()
-        return text
+        return self._took(self._stream.step(self._tokenizer, token_id), (token_id,))
 
     def step_many(self, token_ids: Sequence[int]) -> str:
         """Feed several tokens at once; the same text as ``step`` on each, joined.
@@ -66,7 +59,10 @@ class IncrementalDetokenizer:
         """
         if not token_ids:
             return ""
-        text = self._stream.step(self._tokenizer, list(token_ids))
+        return self._took(self._stream.step(self._tokenizer, list(token_ids)), token_ids)
+
+    def _took(self, text: str | None, token_ids: Sequence[int]) -> str:
+        """Bookkeeping after a DecodeStream step: ids held back (no text yet) or emitted."""
         if text is None:
             self._pending.extend(token_ids)
             return ""

@@ -163,7 +163,8 @@ class Discovery:
 
     async def get_replicas(self, namespace: str) -> dict[str, int] | None:
         value = await self._client.get(names.planner_replicas_key(namespace).encode())
-        return _decode_replicas("", b"", value.value)[1] if value is not None else None
+        decoded = _decode_replicas("", b"", value.value) if value is not None else None
+        return decoded[1] if decoded is not None else None
 
     async def watch_replicas(self, namespace: str) -> PrefixWatch[str, dict[str, int]]:
         """Live planner decision: ``snapshot`` is ``{"replicas": {role: n}}`` once one exists."""

@@ -113,6 +113,8 @@ class Collector:
             return None
         prefill = self._fresh(prefill_ids)
         decode = self._fresh(decode_ids)
+        # The frontend counts a request, its tokens and its usage when it ends: "arrivals" are the
+        # requests that ended in the interval, a rate that trails the true arrivals by a request's length.
         arrivals = sample.requests - before.requests
         finished_output = sample.completion_tokens - before.completion_tokens
         return Observation(
