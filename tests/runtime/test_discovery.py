@@ -216,5 +216,9 @@ async def test_planner_decisions_round_trip_and_are_watched_across_namespaces(di
     every = await discovery.watch_planner_decisions()
     await discovery.put_replicas(namespace, {"decode": 3, "prefill": 0})
     assert await discovery.get_replicas(namespace) == {"decode": 3, "prefill": 0}
+    key = f"/ig/{namespace}/planner/replicas".encode()
+    await discovery.client.put(key, b"not json")
+    assert await discovery.get_replicas(namespace) is None  # undecodable: no decision, not a crash
+    await discovery.put_replicas(namespace, {"decode": 3, "prefill": 0})
     await every.wait_for(lambda s: s.get(namespace) == (namespace, {"decode": 3, "prefill": 0}), timeout=2)
     await every.close()
