@@ -43,15 +43,17 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
 class Operator:
     """The operator as a subprocess against the emulator; its log is kept for failure messages."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path):
+    def __init__(self, kubeconfig: Path, log_path: Path, etcd_endpoints: list[str]):
         self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.etcd_endpoints = etcd_endpoints
         self.process: subprocess.Popen | None = None
 
-    def start(self, resync_seconds: float = 300, extra_env: dict[str, str] | None = None) -> Operator:
+    def start(self, resync_seconds: float = 300) -> Operator:
         env = {
-            **(extra_env or {}),
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
+            # a real etcd, as the chart gives the operator: it follows the planners' decisions there
+            "IG_DEFAULT_ETCD_ENDPOINTS": ",".join(self.etcd_endpoints),
             "IG_OPERATOR_LIVENESS": "",  # tests run side by side: no fixed port
             # 300: repairs must come from watch events, not from the periodic resync
             "IG_RESYNC_SECONDS": str(resync_seconds),
@@ -84,8 +86,8 @@ def cluster(kube_api):
 
 
 @pytest.fixture
-def operator(cluster, tmp_path) -> Iterator[Operator]:
-    op = Operator(cluster.kubeconfig, tmp_path / "operator.log").start()
+def operator(cluster, tmp_path, etcd_server) -> Iterator[Operator]:
+    op = Operator(cluster.kubeconfig, tmp_path / "operator.log", etcd_server.endpoints).start()
     try:
         yield op
     finally:
@@ -427,8 +429,11 @@ def test_an_object_owned_by_someone_else_is_reported_and_left_alone(cluster, ope
     operator.stop()
     operator.start(resync_seconds=1)
     cluster.kubectl("delete", "configmap", "pd-graph")
-    ig = wait_for(converged(cluster, "pd", expected_children(DISAGG)), "our ConfigMap after the resync")
-    assert condition(ig, "Degraded")["reason"] == "AsExpected"
+    wait_for(converged(cluster, "pd", expected_children(DISAGG)), "our ConfigMap after the resync")
+    # The pass that recreates it writes the status after the children: wait for that write too.
+    wait_for(
+        lambda: condition(graph(cluster, "pd"), "Degraded").get("reason") == "AsExpected", "conflict cleared"
+    )
 
 
 def test_rest_api_maps_error_responses_to_api_errors(cluster):
@@ -452,11 +457,9 @@ def test_rest_api_maps_error_responses_to_api_errors(cluster):
     assert api.get("ConfigMap", "default", "c") is None
 
 
-async def test_planner_decisions_set_the_autoscaled_roles_replicas_and_status(cluster, tmp_path, etcd_server):
+async def test_planner_decisions_set_the_autoscaled_roles_replicas_and_status(cluster, operator, etcd_server):
     from inference_graph.runtime.discovery import Discovery
 
-    op = Operator(cluster.kubeconfig, tmp_path / "operator.log")
-    op.start(extra_env={"IG_DEFAULT_ETCD_ENDPOINTS": ",".join(etcd_server.endpoints)})
     discovery = await Discovery.connect(etcd_server.endpoints)
     try:
         scaled = json.loads(json.dumps(DISAGG))
@@ -491,5 +494,3 @@ async def test_planner_decisions_set_the_autoscaled_roles_replicas_and_status(cl
         )
     finally:
         await discovery.close()
-        op.stop()
-        print(op.log()[-6000:])
