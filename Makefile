@@ -12,7 +12,7 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint bench bench-request-path bench-kv-routing bench-planner crd operator clean-venv
+.PHONY: venv serve test lint bench bench-request-path bench-kv-routing bench-kv-routing-sim bench-planner crd operator clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-planner: venv
 # Scarce-cache routing: random, round-robin, kv and kv with two routers on 4 simulated workers.
 bench-kv-routing: venv
 	$(PY) bench/kv_routing.py --label $(LABEL)
+
+# The same workload on a simulated clock (model time only, 8 seeds, ~20 s), with bounding routers.
+bench-kv-routing-sim: venv
+	$(PY) bench/kv_routing_sim.py --seeds 8 --strategies random,round-robin,least-loaded,kv,active,clairvoyant
 
 # The CRD is generated from the spec model; tests fail when the committed copies drift.
 crd: venv

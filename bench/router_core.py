@@ -6,9 +6,11 @@ random subset of ``--prefixes`` shared prefixes (``--prefix-tokens`` long,
 real chained hashes) plus unique filler blocks up to ``--blocks``. A request is
 one shared prefix + ``--tail-tokens`` unique tokens (~1k tokens). One decision =
 ``KvPolicy.decide``: hash the prompt, prefix overlap over the index, the
-default scorers (prefix_overlap 1.0, kv_usage 0.3, queue_depth 0.3) over all
-workers with load metrics, argmax. Reported per stage too (hash, overlap,
-score+pick).
+default scorers (``kv_scoring.DEFAULT_WEIGHTS``) over all workers with load
+metrics, argmax, with the router's ``InflightPrefill`` as ``RouterService``
+keeps it: decisions are spaced ``1 / --decision-rate`` seconds apart on a
+simulated clock, so about a second's worth of them are in flight. Reported per
+stage too (hash, overlap, score+pick).
 
 Ingestion: the index starts at capacity (every worker holds ``--blocks``
 blocks, loaded as snapshots), then takes a stream of ``KvEventBatch``es spread
@@ -46,7 +48,13 @@ sys.path.insert(0, str(ROOT / "services"))
 from inference_graph import wire  # noqa: E402
 from inference_graph.core.block_hash import hash_blocks  # noqa: E402
 from inference_graph.core.kv_index import KvIndex  # noqa: E402
-from inference_graph.core.kv_scoring import KvPolicy, RequestContext, combine, pick  # noqa: E402
+from inference_graph.core.kv_scoring import (  # noqa: E402
+    InflightPrefill,
+    KvPolicy,
+    RequestContext,
+    combine,
+    pick,
+)
 
 RESULTS = ROOT / "bench" / "results"
 MASK = (1 << 64) - 1
@@ -62,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--holders", type=float, default=0.25, help="fraction of workers holding each prefix")
     p.add_argument("--tail-tokens", type=int, default=100)
     p.add_argument("--decisions", type=int, default=5000)
+    p.add_argument("--decision-rate", type=float, default=1000.0, help="decisions per simulated second")
     p.add_argument("--event-blocks", type=int, default=16, help="blocks per BlockStored / BlockRemoved")
     p.add_argument("--batches", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
@@ -112,20 +121,23 @@ def bench_decisions(args) -> dict:
     load = {
         w: wire.LoadMetrics(w, 0.0, rng.randrange(0, 64), rng.randrange(0, 8), rng.random()) for w in workers
     }
-    policy = KvPolicy(index, seed=args.seed)
+    inflight = InflightPrefill(ttl=1.0)
+    policy = KvPolicy(index, seed=args.seed, inflight=inflight)
+    step = 1.0 / args.decision_rate
     requests = [
         rng.choice(prefixes) + rand_tokens(rng, args.tail_tokens) for _ in range(min(args.decisions, 2000))
     ]
-    for r in requests[:200]:  # warm up
-        policy.decide(r, workers, load)
+    for i, r in enumerate(requests[:200]):  # warm up
+        policy.decide(r, workers, load, i * step)
     total, t_hash, t_overlap, t_score = [], [], [], []
     hits = 0
     clock = time.perf_counter_ns
     gc.collect()
     for i in range(args.decisions):
         r = requests[i % len(requests)]
+        now = (200 + i) * step
         a = clock()
-        d = policy.decide(r, workers, load)
+        d = policy.decide(r, workers, load, now)
         b = clock()
         total.append((b - a) / 1000)
         hits += d.overlap_blocks > 0
@@ -136,7 +148,7 @@ def bench_decisions(args) -> dict:
         b = clock()
         overlap = index.overlap(hashes)
         c = clock()
-        rc = RequestContext(len(r), args.block_size, hashes, overlap, load, {})
+        rc = RequestContext(len(r), args.block_size, hashes, overlap, load, inflight.pending(now))
         pick(combine([(s.score(rc, workers), w) for s, w in policy.scorers], workers), 0.0, policy._rng)
         e = clock()
         t_hash.append((b - a) / 1000)

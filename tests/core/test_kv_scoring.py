@@ -236,3 +236,40 @@ def test_inflight_prefill_spreads_a_burst_until_load_catches_up():
     inflight.add("a", 10, now=2.0)
     inflight.forget("a")
     assert inflight.pending(2.0) == {}
+
+
+def test_default_policy_spreads_a_burst_before_any_load_report():
+    # Between two load reports (1 s apart) only the router's own decisions show new load: with the
+    # default weights a burst of uncached prompts rotates over the workers instead of piling onto
+    # whichever one the tie-break picks.
+    policy = KvPolicy(KvIndex(BS), seed=5, inflight=InflightPrefill(ttl=1.0))
+    picks = [policy.decide(list(range(i * 100, i * 100 + 40)), W, now=0.0).worker for i in range(12)]
+    rounds = [picks[i : i + len(W)] for i in range(0, len(picks), len(W))]
+    assert all(sorted(r) == W for r in rounds), picks
+
+
+def test_inflight_totals_match_the_entries_they_sum():
+    # The running totals must equal a plain sum over unexpired entries under any mix of operations.
+    rng = random.Random(7)
+    inflight = InflightPrefill(ttl=1.0)
+    model: dict[str, list[tuple[float, int]]] = {w: [] for w in W}
+    now = 0.0
+    for _ in range(2000):
+        now += rng.uniform(0, 0.05)
+        w = rng.choice(W)
+        op = rng.random()
+        if op < 0.6:
+            tokens = rng.randrange(0, 500)
+            inflight.add(w, tokens, now)
+            if tokens > 0:
+                model[w].append((now, tokens))
+        elif op < 0.8:
+            taken_at = now - rng.uniform(0, 0.5)
+            inflight.observe_load(w, taken_at)
+            model[w] = [e for e in model[w] if e[0] >= taken_at]
+        elif op < 0.82:
+            inflight.forget(w)
+            model[w] = []
+        model = {k: [e for e in v if e[0] >= now - 1.0] for k, v in model.items()}
+        expected = {k: sum(t for _, t in v) for k, v in model.items() if v}
+        assert inflight.pending(now) == expected

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,7 +57,12 @@ __all__ = [
     "pick",
 ]
 
-DEFAULT_WEIGHTS: dict[str, float] = {"prefix_overlap": 1.0, "kv_usage": 0.3, "queue_depth": 0.3}
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "prefix_overlap": 1.0,
+    "kv_usage": 1.0,
+    "queue_depth": 0.3,
+    "inflight_prefill": 0.5,
+}
 
 
 # ---------------------------------------------------------------- the per-request context
@@ -253,16 +259,20 @@ class InflightPrefill:
     Load metrics arrive every ``IG_LOAD_INTERVAL`` (1 s); between two reports
     the router's own recent decisions are the only sign of load it just added.
     An entry expires after ``ttl`` (about one load interval) or when the
-    worker reports load taken after it (``observe_load``).
+    worker reports load taken after it (``observe_load``). Each worker keeps
+    its entries oldest first and their running total, so a decision costs
+    O(workers) however many decisions are in flight.
     """
 
     def __init__(self, ttl: float = 1.0) -> None:
         self.ttl = ttl
-        self._entries: dict[str, list[tuple[float, int]]] = {}  # worker -> [(time, tokens)] oldest first
+        self._entries: dict[str, deque[tuple[float, int]]] = {}  # worker -> [(time, tokens)] oldest first
+        self._totals: dict[str, int] = {}
 
     def add(self, worker: str, tokens: int, now: float) -> None:
         if tokens > 0:
-            self._entries.setdefault(worker, []).append((now, tokens))
+            self._entries.setdefault(worker, deque()).append((now, tokens))
+            self._totals[worker] = self._totals.get(worker, 0) + tokens
 
     def observe_load(self, worker: str, taken_at: float) -> None:
         """Forget ``worker``'s entries older than a load report taken at ``taken_at``."""
@@ -270,23 +280,26 @@ class InflightPrefill:
 
     def forget(self, worker: str) -> None:
         self._entries.pop(worker, None)
+        self._totals.pop(worker, None)
 
     def _expire(self, worker: str, cutoff: float) -> None:
         entries = self._entries.get(worker)
         if not entries:
             return
-        i = 0
-        while i < len(entries) and entries[i][0] < cutoff:
-            i += 1
-        if i == len(entries):
-            del self._entries[worker]
-        elif i:
-            del entries[:i]
+        total = self._totals[worker]
+        while entries and entries[0][0] < cutoff:
+            total -= entries.popleft()[1]
+        if entries:
+            self._totals[worker] = total
+        else:
+            del self._entries[worker], self._totals[worker]
 
     def pending(self, now: float) -> dict[str, int]:
-        for worker in list(self._entries):
-            self._expire(worker, now - self.ttl)
-        return {w: sum(t for _, t in e) for w, e in self._entries.items()}
+        cutoff = now - self.ttl
+        for worker, entries in list(self._entries.items()):
+            if entries[0][0] < cutoff:
+                self._expire(worker, cutoff)
+        return dict(self._totals)
 
 
 # ---------------------------------------------------------------- the policy

@@ -135,7 +135,12 @@ class RoutingStrategy(enum.StrEnum):
 
 # Mirrors core.kv_scoring.DEFAULT_WEIGHTS (tests/core/test_spec.py checks they agree); spec stays
 # free of the routing code so the operator can import it alone.
-DEFAULT_KV_WEIGHTS: dict[str, float] = {"prefix_overlap": 1.0, "kv_usage": 0.3, "queue_depth": 0.3}
+DEFAULT_KV_WEIGHTS: dict[str, float] = {
+    "prefix_overlap": 1.0,
+    "kv_usage": 1.0,
+    "queue_depth": 0.3,
+    "inflight_prefill": 0.5,
+}
 
 
 class KvRoutingSpec(_Model):
