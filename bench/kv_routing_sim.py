@@ -103,7 +103,7 @@ class SimWorker:
             self.kv,
             TokenSampler(VOCAB, 0.0),
             max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=8192,
+            max_num_batched_tokens=8192,  # engine.mocker.maxNumBatchedTokens' default
             max_model_len=args.max_model_len,
             clock=clock,
         )
@@ -180,6 +180,7 @@ class Simulation:
         self._next = iter(range(len(requests)))
         self._live: dict[str, tuple[int, float]] = {}  # sequence id -> (request index, sent at)
         self.routed = RoutedWork(list(self.by_name))
+        self._finished = 0
 
     # ------------------------------------------------------------ event queue
 
@@ -192,7 +193,7 @@ class Simulation:
         rng = random.Random(self.args.seed + 2)
         for w in self.workers:  # load reports on their own phases
             self.at(rng.uniform(0, self.args.load_interval), lambda w=w: self._report(w))
-        while self._queue and any("e2e" not in r for r in self.results):
+        while self._queue and self._finished < len(self.requests):
             self.now, _, action = heapq.heappop(self._queue)
             action()
         return self.results
@@ -301,6 +302,7 @@ class Simulation:
                 self.routed.first_token(i)
             if ev.finished:
                 result["e2e"] = self.now + hop - sent
+                self._finished += 1
                 del self._live[ev.seq.request_id]
                 self.routed.finished(i)
                 self.at(self.now + hop, self._send_next)
