@@ -30,8 +30,8 @@ async def engines(tiny_model_path):
     spec = EngineSpec(max_model_len=1024, kv_cache_gib=0.25)
     started = []
     try:
-        for _ in range(2):
-            engine = create_engine(spec, tiny_model_path, "tiny", KvTransferSpec())
+        for producer in (True, False):  # a prefill worker's engine, then a decode worker's
+            engine = create_engine(spec, tiny_model_path, "tiny", KvTransferSpec(), kv_producer=producer)
             await engine.start()
             started.append(engine)
         yield started

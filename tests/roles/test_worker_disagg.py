@@ -58,7 +58,13 @@ class Cluster:
 
     async def add(self, role: Role, name: str) -> WorkerInstance:
         spec = self.graph.spec
-        engine = create_engine(spec.engine, spec.model.source, "m", spec.disaggregation.kv_transfer)
+        engine = create_engine(
+            spec.engine,
+            spec.model.source,
+            "m",
+            spec.disaggregation.kv_transfer,
+            kv_producer=role == Role.PREFILL,
+        )
         await engine.start()
         ctx = RoleContext(self.graph, role, self.config, name, self.nc, self.discovery, asyncio.Event())
         instance = WorkerInstance(ctx, engine, name)

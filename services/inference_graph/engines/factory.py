@@ -23,12 +23,16 @@ def create_engine(
     model_path: str,
     served_model_name: str | None = None,
     kv_transfer: KvTransferSpec | None = None,
+    *,
+    kv_producer: bool = False,
 ) -> Engine:
     """An unstarted engine for ``engine_spec``; call ``await engine.start()``.
 
     ``kv_transfer`` (``spec.disaggregation.kvTransfer`` when disaggregation is
     enabled) lets the engine run PREFILL and DECODE phases: vLLM through NIXL,
-    the simulated engine with simulated transfer time.
+    the simulated engine with simulated transfer time. ``kv_producer``: the
+    engine is a prefill worker's (its KV is read by others), else a decode
+    worker's; vLLM configures its connector for that one role.
     """
     kind = getattr(engine_spec.type, "value", engine_spec.type)
     if kind == "vllm":
@@ -44,7 +48,9 @@ def create_engine(
             kv_cache_gib=engine_spec.kv_cache_gib,
             extra_args=dict(engine_spec.extra_args),
             served_model_name=served_model_name,
-            kv_transfer=NixlTransfer(kv_transfer.buffer_device.value) if kv_transfer else None,
+            kv_transfer=(
+                NixlTransfer(kv_transfer.buffer_device.value, producer=kv_producer) if kv_transfer else None
+            ),
         )
     if kind == "mocker":
         from .mocker import MockerEngine

@@ -124,8 +124,19 @@ class NixlTransfer:
     name = "nixl"
     _KEYS = ("remote_engine_id", "remote_request_id", "remote_host", "remote_port", "remote_block_ids")
 
-    def __init__(self, buffer_device: str = "cpu", host: str | None = None, port: int | None = None):
+    def __init__(
+        self,
+        buffer_device: str = "cpu",
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        producer: bool,
+    ):
+        """``producer``: a prefill worker's engine (vLLM ``kv_role: kv_producer``, its KV is read by
+        decode engines); else a decode worker's (``kv_consumer``: it reads remote KV, and still
+        prefills locally the prompts that stay local)."""
         self.buffer_device = buffer_device
+        self.kv_role = "kv_producer" if producer else "kv_consumer"
         # Peers connect to this address: the pod's IP in Kubernetes (POD_IP from the downward API),
         # loopback on one machine. An explicit VLLM_NIXL_SIDE_CHANNEL_HOST wins.
         self.host = (
@@ -141,12 +152,12 @@ class NixlTransfer:
         os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(self.port)
 
     def kv_transfer_config(self) -> dict[str, Any]:
-        # kv_both: every engine can prefill for others and decode from others, so one engine
-        # build serves either role. "fail": a KV load error ends the request with an error
-        # (FINISHED_ERROR) instead of silently recomputing, so a broken transfer is visible.
+        # One role per engine, as vLLM's NixlConnector asks (kv_both is deprecated). "fail": a KV
+        # load error ends the request with an error (FINISHED_ERROR) instead of silently
+        # recomputing, so a broken transfer is visible.
         config = {
             "kv_connector": "NixlConnector",
-            "kv_role": "kv_both",
+            "kv_role": self.kv_role,
             "kv_buffer_device": self.buffer_device,
             "kv_load_failure_policy": "fail",
         }

@@ -170,8 +170,23 @@ def test_nixl_side_channel_host_is_the_pod_ip_in_kubernetes(monkeypatch):
     monkeypatch.setenv(
         "POD_IP", "127.0.0.2"
     )  # a local address other than the default (all 127/8 is loopback)
-    assert NixlTransfer().side_channel()[0] == "127.0.0.2"
+    assert NixlTransfer(producer=True).side_channel()[0] == "127.0.0.2"
     monkeypatch.delenv("POD_IP")
-    first, second = NixlTransfer(), NixlTransfer()
+    first, second = NixlTransfer(producer=True), NixlTransfer(producer=False)
     assert first.side_channel()[0] == "127.0.0.1"
     assert first.port != second.port  # a free port per engine
+
+
+def test_nixl_kv_role_follows_the_worker_role():
+    # vLLM deprecates kv_both for NixlConnector: a prefill worker's engine produces KV, a decode
+    # worker's consumes it (and still prefills locally the prompts that stay local).
+    from inference_graph.core.spec import EngineSpec, KvTransferSpec
+    from inference_graph.engines.factory import create_engine
+
+    def role(**kw):
+        return create_engine(
+            EngineSpec(), "/models/x", "m", KvTransferSpec(), **kw
+        ).kv_transfer.kv_transfer_config()["kv_role"]
+
+    assert role(kv_producer=True) == "kv_producer"
+    assert role() == "kv_consumer"

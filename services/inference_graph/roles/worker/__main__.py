@@ -24,7 +24,10 @@ async def start_engines(graph: InferenceGraph, role: Role) -> list[Engine]:
     count = int(os.environ.get(ENGINES_PER_PROCESS_ENV, "1"))
     model_path = resolve_model_source(spec.model.source)
     kv_transfer = spec.disaggregation.kv_transfer if spec.disaggregation.enabled else None
-    engines = [create_engine(spec.engine, model_path, spec.model.name, kv_transfer) for _ in range(count)]
+    engines = [
+        create_engine(spec.engine, model_path, spec.model.name, kv_transfer, kv_producer=role == Role.PREFILL)
+        for _ in range(count)
+    ]
     await asyncio.gather(*(engine.start() for engine in engines))
     return engines
 
