@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         api = RestKubeApi.from_environment()
     except Exception as err:  # kubernetes.config raises ConfigException or OSError for a bad kubeconfig
         sys.exit(f"inference_graph_operator: no usable Kubernetes credentials: {err}")
-    # The planners' decisions, from the chart's etcd (graphs with autoscaling roles).
-    advice = PlannerAdvice(config.defaults.etcd_endpoints) if config.defaults.etcd_endpoints else None
+    # The planners' decisions (graphs with autoscaling roles), from the chart's etcd or the graph's own.
+    advice = PlannerAdvice(config.defaults.etcd_endpoints)
     controller = GraphController(api, config.defaults, advisor=advice)
     kopf.run(
         registry=make_registry(),

@@ -39,8 +39,21 @@ from .render import OperatorDefaults
 
 log = logging.getLogger("inference_graph_operator")
 
-# The planner seam (issue #7): (namespace, name) -> recommended replicas per role, or None.
-ReplicaAdvisor = Callable[[str, str], Mapping[Role, int] | None]
+# The planner seam (issue #7): (namespace, name, the graph's own etcd or None for the operator's)
+# -> recommended replicas per role, or None.
+ReplicaAdvisor = Callable[[str, str, tuple[str, ...] | None], Mapping[Role, int] | None]
+
+
+def graph_etcd(body: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """``spec.infrastructure.etcd.endpoints`` when the graph names its own etcd, else None (also for
+    a malformed value: the spec check reports that one in the status)."""
+    try:
+        endpoints = body["spec"]["infrastructure"]["etcd"]["endpoints"]
+    except (KeyError, TypeError):
+        return None
+    if isinstance(endpoints, list) and endpoints and all(isinstance(e, str) for e in endpoints):
+        return tuple(endpoints)
+    return None
 
 
 def utc_now() -> str:
@@ -87,7 +100,7 @@ class GraphController:
         body = self.api.get_graph(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return PassResult(gone=True)  # garbage collection removes the children
-        recommended = self.advisor(namespace, name) if self.advisor else None
+        recommended = self.advisor(namespace, name, graph_etcd(body)) if self.advisor else None
         desired = desired_children(body, self.defaults, recommended)
         observed = self.api.list_children(namespace, children_selector(name))
         todo = Plan([], []) if desired.error else plan(desired.children, observed, body["metadata"]["uid"])

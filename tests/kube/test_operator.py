@@ -494,3 +494,34 @@ async def test_planner_decisions_set_the_autoscaled_roles_replicas_and_status(cl
         )
     finally:
         await discovery.close()
+
+
+async def test_planner_decisions_in_the_graphs_own_etcd_are_followed(cluster, operator, etcd_server):
+    # A graph that names its own etcd has its planner there: the operator follows that etcd, not its
+    # default one, where a decision for the same graph name is left in place to tell them apart.
+    from inference_graph.runtime.discovery import Discovery
+    from inference_graph.runtime.embedded import EmbeddedEtcd
+
+    with EmbeddedEtcd() as own_etcd:
+        default = await Discovery.connect(etcd_server.endpoints)
+        own = await Discovery.connect(own_etcd.endpoints)
+        try:
+            await default.put_replicas("own-etcd", {"decode": 2})
+            body = json.loads(json.dumps(DISAGG))
+            body["metadata"]["name"] = "own-etcd"
+            body["spec"]["services"]["decode"]["autoscaling"] = {
+                "enabled": True,
+                "minReplicas": 1,
+                "maxReplicas": 4,
+            }
+            body["spec"]["planner"] = {"policy": "load"}
+            body["spec"]["infrastructure"] = {"etcd": {"endpoints": own_etcd.endpoints}}
+            apply(cluster, body)
+            wait_for(lambda: deployment(cluster, "own-etcd-planner"), "the planner's Deployment")
+            await own.put_replicas("own-etcd", {"decode": 3})
+            wait_for(lambda: deployment(cluster, "own-etcd-decode")["spec"]["replicas"] == 3, "decode at 3")
+            await own.put_replicas("own-etcd", {"decode": 4})
+            wait_for(lambda: deployment(cluster, "own-etcd-decode")["spec"]["replicas"] == 4, "decode at 4")
+        finally:
+            await default.close()
+            await own.close()
