@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference_graph.core.spec import Role
+from inference_graph.core.spec import InferenceGraph, Role
 
 from .kube import ApiError, KubeApi
 from .reconcile import (
@@ -39,21 +40,9 @@ from .render import OperatorDefaults
 
 log = logging.getLogger("inference_graph_operator")
 
-# The planner seam (issue #7): (namespace, name, the graph's own etcd or None for the operator's)
-# -> recommended replicas per role, or None.
-ReplicaAdvisor = Callable[[str, str, tuple[str, ...] | None], Mapping[Role, int] | None]
-
-
-def graph_etcd(body: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """``spec.infrastructure.etcd.endpoints`` when the graph names its own etcd, else None (also for
-    a malformed value: the spec check reports that one in the status)."""
-    try:
-        endpoints = body["spec"]["infrastructure"]["etcd"]["endpoints"]
-    except (KeyError, TypeError):
-        return None
-    if isinstance(endpoints, list) and endpoints and all(isinstance(e, str) for e in endpoints):
-        return tuple(endpoints)
-    return None
+# The planner seam (issue #7): (namespace, name, the graph's own etcd endpoints or None for the
+# operator's) -> recommended replicas per role, or None.
+ReplicaAdvisor = Callable[[str, str, list[str] | None], Mapping[Role, int] | None]
 
 
 def utc_now() -> str:
@@ -100,8 +89,8 @@ class GraphController:
         body = self.api.get_graph(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return PassResult(gone=True)  # garbage collection removes the children
-        recommended = self.advisor(namespace, name, graph_etcd(body)) if self.advisor else None
-        desired = desired_children(body, self.defaults, recommended)
+        advise = functools.partial(self._advise, namespace, name) if self.advisor else None
+        desired = desired_children(body, self.defaults, advise)
         observed = self.api.list_children(namespace, children_selector(name))
         todo = Plan([], []) if desired.error else plan(desired.children, observed, body["metadata"]["uid"])
         result = PassResult()
@@ -118,6 +107,11 @@ class GraphController:
         else:
             self._current[meta["uid"]] = meta.get("generation")
         return result
+
+    def _advise(self, namespace: str, name: str, graph: InferenceGraph) -> Mapping[Role, int] | None:
+        """The planner's decision for this graph, from the etcd its planner writes to."""
+        assert self.advisor is not None
+        return self.advisor(namespace, name, graph.spec.infrastructure.etcd.endpoints)
 
     def _apply(
         self, todo: Plan, observed: list[dict[str, Any]], uid: str, result: PassResult

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from inference_graph.core.spec import Role
 from inference_graph.runtime.discovery import Discovery
@@ -45,7 +45,9 @@ class PlannerAdvice:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._controller: GraphController | None = None
 
-    def __call__(self, namespace: str, name: str, etcd: Endpoints | None = None) -> Mapping[Role, int] | None:
+    def __call__(
+        self, namespace: str, name: str, etcd: Sequence[str] | None = None
+    ) -> Mapping[Role, int] | None:
         """The latest decision for graph ``name`` in its etcd (``None``: the default); called from the
         reconcile thread. The first call naming an etcd starts following it."""
         endpoints = tuple(etcd) if etcd else self.default

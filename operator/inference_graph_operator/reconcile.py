@@ -25,7 +25,7 @@ Rules:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,14 +127,15 @@ def owner_of(body: Mapping[str, Any]) -> Owner:
 def desired_children(
     body: Mapping[str, Any],
     defaults: OperatorDefaults,
-    recommended: Mapping[Role, int] | None = None,
+    advise: Callable[[InferenceGraph], Mapping[Role, int] | None] | None = None,
 ) -> Desired:
-    """Render a stored graph; a spec the schema let through but the model rejects is an error."""
+    """Render a stored graph; a spec the schema let through but the model rejects is an error.
+    ``advise(graph)``: the planner's recommended replicas for the parsed graph, if any."""
     try:
         graph = parse_graph(graph_manifest_of(body))
     except SpecError as err:
         return Desired(graph=None, error=err)
-    replicas = decide_replicas(graph, recommended)
+    replicas = decide_replicas(graph, advise(graph) if advise else None)
     children = render(graph, owner_of(body), defaults, replicas)
     too_long = [
         c["metadata"]["name"] for c in children if c["kind"] == "Service" and len(c["metadata"]["name"]) > 63

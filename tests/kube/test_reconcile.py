@@ -200,7 +200,7 @@ def test_replicas_come_from_the_spec_unless_the_role_autoscales():
     assert replicas[Role.PREFILL] == 3  # maxReplicas
     assert replicas[Role.DECODE] == 2  # decode does not autoscale
     assert Role.ROUTER not in replicas and replicas[Role.PLANNER] == 1
-    desired = desired_children(body, DEFAULTS, recommended)
+    desired = desired_children(body, DEFAULTS, lambda _graph: recommended)
     by_name = {o["metadata"]["name"]: o for o in desired.children}
     assert by_name["g-prefill"]["spec"]["replicas"] == 3
     planner_env = {
