@@ -94,10 +94,21 @@ async def test_params_that_are_not_a_prefill_result_are_refused(engines):
 
 
 async def test_idle_nixl_engines_do_not_spin(engines):
-    # NIXL's progress thread busy-polls (a core per engine); engines/nixl_cpu.py turns it off.
+    # NIXL's progress thread busy-polls (a core per engine, in every second); engines/nixl_cpu.py
+    # turns it off. An idle engine still has short bursts of work (a failed transfer's cleanup from the
+    # test before, metrics), so the engines must reach one quiet second within a deadline: a spinning
+    # thread never gives one.
     me = psutil.Process()
     cores = [p for p in me.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
-    before = {p.pid: sum(p.cpu_times()[:2]) for p in cores}
-    await asyncio.sleep(2.0)  # an interval to measure CPU use over, not synchronisation
-    used = sum(sum(p.cpu_times()[:2]) - before[p.pid] for p in cores)
-    assert used < 0.5, f"idle engine cores used {used:.2f} CPU-seconds in 2 s"
+    seconds_used = []
+    for _ in range(10):
+        seconds_used.append(await cpu_seconds_over(cores, 1.0))
+        if seconds_used[-1] < 0.25:
+            return
+    pytest.fail(f"idle engine processes never had a quiet second; CPU-seconds per second: {seconds_used}")
+
+
+async def cpu_seconds_over(processes: list[psutil.Process], interval: float) -> float:
+    before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
+    await asyncio.sleep(interval)  # the interval measured over, not synchronisation
+    return sum(sum(p.cpu_times()[:2]) - before[p.pid] for p in processes)
