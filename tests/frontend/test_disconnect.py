@@ -92,7 +92,7 @@ async def test_disconnect_before_first_token(app, fake, stream):
     fake.script = lambda req: [30.0]
     body = {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "x"}]}
     client = AsgiClient(app, "/v1/chat/completions", body)
-    await asyncio.sleep(0.05)
+    await fake.wait_for_requests(1)
     client.gone.set()
     await asyncio.wait_for(fake.closed_event.wait(), DEADLINE)
     await client.finished()
@@ -102,7 +102,7 @@ async def test_disconnect_before_first_token(app, fake, stream):
 async def test_disconnect_closes_every_batched_prompt(app, fake):
     fake.script = lambda req: [30.0]
     client = AsgiClient(app, "/v1/completions", {"model": MODEL, "prompt": ["a", "b", "c"], "stream": True})
-    await asyncio.sleep(0.05)
+    await fake.wait_for_requests(3)
     assert len(fake.requests) == 3
     client.gone.set()
     await client.finished()

@@ -33,6 +33,7 @@ class FakeWorkers:
     calls: list[tuple[wire.GenerateRequest, str]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # request ids closed before their last frame
     frames_sent: dict[str, int] = field(default_factory=dict)
+    hanging: asyncio.Event = field(default_factory=asyncio.Event)  # a ``hang`` script has started
 
     async def generate(
         self, request: wire.GenerateRequest, instance_id: str
@@ -45,6 +46,7 @@ class FakeWorkers:
         completed = False
         try:
             if script.hang:
+                self.hanging.set()
                 await asyncio.Event().wait()
             for number, chunk in enumerate(chunks):
                 if script.fail_after_frames == number:

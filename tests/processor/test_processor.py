@@ -302,7 +302,7 @@ async def test_client_going_away_cancels_worker_requests(tiny):
 async def test_task_cancellation_cancels_worker_requests(tiny):
     processor, workers = make(tiny, Script([], hang=True))
     task = asyncio.create_task(collect(processor, chat()))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(workers.hanging.wait(), 2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
