@@ -8,7 +8,6 @@ another's expectations.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psutil
 import pytest
@@ -17,6 +16,7 @@ import pytest_asyncio
 from inference_graph import wire
 from inference_graph.engines.errors import EngineRequestError
 from inference_graph.engines.vllm_engine import VllmEngine
+from support import eventually
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
@@ -45,14 +45,6 @@ async def run(engine: VllmEngine, request_id: str, prompt: list[int], sampling: 
     frames = [frame async for frame in engine.generate(wire.GenerateRequest(request_id, prompt, sampling))]
     tokens = [t for frame in frames for t in frame.token_ids]
     return frames, tokens
-
-
-async def wait_for(condition, limit_s: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {limit_s}s")
-        await asyncio.sleep(0.02)
 
 
 async def test_info_after_start(engine):
@@ -121,8 +113,11 @@ async def test_invalid_sampling_is_a_clear_error(engine):
 
 
 async def _free(engine: VllmEngine) -> None:
-    await wait_for(
-        lambda: engine.load().running == 0 and engine.load().kv_usage == 0.0, what="KV blocks freed"
+    await eventually(
+        engine.load,
+        until=lambda load: load.running == 0 and load.kv_usage == 0.0,
+        timeout=10,
+        what="KV blocks freed",
     )
 
 
@@ -163,12 +158,17 @@ async def test_kv_events_report_stored_prompt_blocks(engine):
     longer = prompt[: 2 * BLOCK] + list(range(1400, 1400 + BLOCK + 5))  # shares the first two blocks
 
     stored: dict[tuple[int, ...], wire.BlockStored] = {}
-    deadline = time.monotonic() + 10
-    while tuple(prompt[: 2 * BLOCK]) not in stored:
-        assert time.monotonic() < deadline, "no BlockStored for the prompt's blocks"
+
+    async def next_batch() -> list[tuple[int, ...]]:
         for event in await asyncio.wait_for(anext(events), 10):
             if isinstance(event, wire.BlockStored):
                 stored[tuple(event.token_ids)] = event
+        return list(stored)
+
+    key = tuple(prompt[: 2 * BLOCK])
+    await eventually(
+        next_batch, until=lambda seen: key in seen, timeout=10, interval=0, what="BlockStored for the prompt"
+    )
     first = stored[tuple(prompt[: 2 * BLOCK])]
     assert first.block_size == BLOCK
     assert len(first.block_hashes) == 2
@@ -176,12 +176,14 @@ async def test_kv_events_report_stored_prompt_blocks(engine):
     assert all(isinstance(h, int) and 0 <= h < 1 << 64 for h in first.block_hashes)
 
     await run(engine, "kv-b", longer, greedy(3))
-    deadline = time.monotonic() + 10
-    while tuple(longer[2 * BLOCK : 3 * BLOCK]) not in stored:
-        assert time.monotonic() < deadline, "no BlockStored for the extended prompt"
-        for event in await asyncio.wait_for(anext(events), 10):
-            if isinstance(event, wire.BlockStored):
-                stored[tuple(event.token_ids)] = event
+    key = tuple(longer[2 * BLOCK : 3 * BLOCK])
+    await eventually(
+        next_batch,
+        until=lambda seen: key in seen,
+        timeout=10,
+        interval=0,
+        what="BlockStored for the extension",
+    )
     # The new block chains onto the cached ones: a consumer can map the hashes.
     assert stored[tuple(longer[2 * BLOCK : 3 * BLOCK])].parent_block_hash == first.block_hashes[-1]
     await events.aclose()

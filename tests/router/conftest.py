@@ -39,6 +39,7 @@ class SimWorker:
         self.server = EndpointServer(nc, namespace, "decode", instance_id)
         self._relay: asyncio.Task | None = None
         self.removed_blocks = 0  # evictions announced: proves a workload evicted
+        self.stopped = False
 
     async def start(self) -> None:
         await self.server.serve(KV_SNAPSHOT_ENDPOINT, self.mirror.make_handler())
@@ -56,6 +57,10 @@ class SimWorker:
         return self.engine.kv.cached_hashes()
 
     async def stop(self) -> None:
+        """Idempotent: a test may stop a worker (a crash) before the fixture's teardown does."""
+        if self.stopped:
+            return
+        self.stopped = True
         await self.server.stop(drain_timeout=1)
         if self._relay is not None:
             self._relay.cancel()
@@ -87,6 +92,5 @@ async def sim_workers(nc, namespace, fake_model_dir):
         return workers
 
     yield make
-    for worker in started:
-        with contextlib.suppress(Exception):
-            await worker.stop()
+    for worker in started:  # a failing stop fails the test: teardown errors are not suppressed
+        await worker.stop()

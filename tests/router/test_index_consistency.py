@@ -15,6 +15,7 @@ import pytest
 from inference_graph import wire
 from inference_graph.roles.router.service import RouterService, snapshot_fetcher
 from inference_graph.runtime.request_plane import EndpointClient
+from support import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,14 +46,12 @@ def caches(workers) -> dict[str, set[int]]:
 
 async def until_equal(router: RouterService, workers, timeout: float = 10.0) -> None:
     """Events are asynchronous: wait (with a deadline) for the index to match the caches."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                if index_view(router) == caches(workers):
-                    break
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"index {index_view(router)} != caches {caches(workers)}") from None
+    await eventually(
+        lambda: (index_view(router), caches(workers)),
+        until=lambda seen: seen[0] == seen[1],
+        timeout=timeout,
+        what="the router's index to equal the workers' caches (index, caches)",
+    )
     assert caches(workers), "the workload cached nothing: the test checks nothing"
 
 

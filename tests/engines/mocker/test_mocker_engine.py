@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from inference_graph.core.spec import EngineSpec, MockerSpec
 from inference_graph.engines.errors import EngineRequestError
 from inference_graph.engines.factory import create_engine
 from inference_graph.engines.mocker import MockerEngine
+from support import eventually
 
 BS = 16
 VOCAB, EOS = 512, 2  # the fake model of conftest.model_dir
@@ -26,11 +26,14 @@ async def run(engine, request_id, prompt, sampling):
     return frames, [t for f in frames for t in f.token_ids]
 
 
-async def wait_for(condition, limit_s: float = 5.0):
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
+def awaiting(task: asyncio.Task) -> str:
+    """The innermost coroutine a suspended task awaits, as ``function@file``."""
+    coro, where = task.get_coro(), ""
+    while getattr(coro, "cr_frame", None) is not None:
+        code = coro.cr_frame.f_code
+        where = f"{code.co_name}@{code.co_filename.rsplit('/', 1)[-1]}"
+        coro = coro.cr_await
+    return where
 
 
 def replay(index: set[int], batch: list[wire.KvEvent]) -> None:
@@ -168,13 +171,11 @@ async def test_kv_events_replay_to_the_cached_set(make_engine):
             for i in range(6)
         )
     )
-    await wait_for(lambda: not engine._events)
-    await asyncio.sleep(0)
-    assert index == engine.kv.cached_hashes() and index
+    await eventually(lambda: index, until=lambda seen: seen == engine.kv.cached_hashes() and seen)
     assert kinds == {wire.BlockStored, wire.BlockRemoved}
     assert engine.scheduler.num_preemptions > 0  # 6 x ~6 blocks on 24 blocks
     assert engine.reset_prefix_cache()
-    await wait_for(lambda: not index)
+    await eventually(lambda: index, until=lambda seen: not seen)
     consumer.cancel()
 
 
@@ -263,10 +264,24 @@ async def test_thirty_two_engines_in_one_process(model_dir):
             assert len(own) == 3
             assert not own & set().union(*(x.kv.cached_hashes() for x in engines if x is not e))
             assert e.load().running == 0 and e.load().kv_usage == 0.0
-        # Idle engines wait on an event: no CPU spent while nothing happens.
-        cpu = time.process_time()
-        await asyncio.sleep(0.3)
-        assert time.process_time() - cpu < 0.05
+        # Idle engines wait on an event: no CPU spent while nothing happens. Each step loop is
+        # parked in Event.wait (not a timed sleep, not ready to run), and letting the event loop
+        # run many times wakes none of them: no step is taken and the scheduler is not even asked.
+        asked = [0] * len(engines)
+        for i, e in enumerate(engines):
+            has_work = e.scheduler.has_work
+
+            def counted(i=i, has_work=has_work):
+                asked[i] += 1
+                return has_work()
+
+            e.scheduler.has_work = counted
+        steps = [e.num_steps for e in engines]
+        for _ in range(100):
+            await asyncio.sleep(0)  # yields to the event loop; not a wait for anything
+        assert asked == [0] * len(engines) and [e.num_steps for e in engines] == steps
+        parked = {awaiting(e._task) for e in engines}
+        assert parked == {"wait@locks.py"}, parked  # Event.wait
     finally:
         await asyncio.gather(*(e.shutdown() for e in engines))
 

@@ -1,10 +1,11 @@
-"""Timing models (pure) and the engine's step clock (generous tolerances, few steps)."""
+"""Timing models (pure) and the engine's step clock, run on a virtual loop clock (no wall-clock bounds)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
-import time
 
 import pytest
 
@@ -25,11 +26,22 @@ PROFILE = {
 }
 
 
+# Hand-computed from the design curves (DESIGN.md section 5), not from the code's coefficients:
+# prefill_ms(T) = 4.21e-7 T^2 + 0.01518 T + 16.5; decode_ms(u) = max(1, -25.74 u^2 + 54.01 u + 5.74).
+PREFILL_1000_MS = 32.101  # 0.421 + 15.18 + 16.5
+PREFILL_400_MS = 22.63936  # 4.21e-7 * 160000 = 0.06736; 0.01518 * 400 = 6.072; + 16.5
+DECODE_HALF_MS = 26.31  # -25.74 * 0.25 = -6.435; 54.01 * 0.5 = 27.005; + 5.74
+DECODE_03_MS = 19.6264  # -25.74 * 0.09 = -2.3166; 54.01 * 0.3 = 16.203; + 5.74
+DECODE_FULL_MS = 34.01  # -25.74 + 54.01 + 5.74
+
+
 def test_polynomial_matches_the_design_curves():
     model = PolynomialTiming()
-    assert model.prefill_ms(1000) == pytest.approx(4.21e-7 * 1e6 + 0.01518 * 1000 + 16.5)
-    assert model.decode_ms(8, 0.5) == pytest.approx(-25.74 * 0.25 + 54.01 * 0.5 + 5.74)
+    assert model.prefill_ms(1000) == pytest.approx(PREFILL_1000_MS)
+    assert model.prefill_ms(400) == pytest.approx(PREFILL_400_MS)
+    assert model.decode_ms(8, 0.5) == pytest.approx(DECODE_HALF_MS)
     assert model.decode_ms(1, 0.0) == pytest.approx(5.74)
+    assert model.decode_ms(64, 1.0) == pytest.approx(DECODE_FULL_MS)
     assert PolynomialTiming(decode=(0.0, 0.0, 0.2)).decode_ms(1, 0.5) == 1.0  # floor of 1 ms
 
 
@@ -37,9 +49,9 @@ def test_polynomial_matches_the_design_curves():
     ("prefill", "batch", "usage", "expected"),
     [
         (0, 0, 0.0, 0.0),
-        (1000, 0, 0.3, PolynomialTiming().prefill_ms(1000)),
-        (0, 4, 0.3, PolynomialTiming().decode_ms(4, 0.3)),
-        (1000, 4, 0.3, PolynomialTiming().prefill_ms(1000) + PolynomialTiming().decode_ms(4, 0.3)),
+        (1000, 0, 0.3, PREFILL_1000_MS),
+        (0, 4, 0.3, DECODE_03_MS),
+        (1000, 4, 0.3, 51.7274),  # PREFILL_1000_MS + DECODE_03_MS = 32.101 + 19.6264
     ],
 )
 def test_mixed_step_is_prefill_plus_decode(prefill, batch, usage, expected):
@@ -89,50 +101,92 @@ def test_registry():
     assert step_ms(InstantTiming(), 5000, 64, 0.9) == 0.0
 
 
-async def test_polynomial_step_times_follow_the_model(make_engine):
+class VirtualLoopClock:
+    """The running loop's clock, replaced for one test: it moves only by ``asyncio.sleep`` (the
+    sleep returns at once, having advanced the clock by its delay) and by ``per_read`` on every
+    read (a CPU that takes that long between two looks at the clock). Restored on exit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_read: float = 0.0) -> None:
+        self.loop, self.per_read = loop, per_read
+        self.now = loop.time()
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        self.now += self.per_read
+        return self.now
+
+    async def sleep(self, delay: float, result=None):
+        self.sleeps.append(delay)
+        self.now += max(0.0, delay)
+        return await _real_sleep(0, result)
+
+    @contextlib.contextmanager
+    def installed(self, monkeypatch):
+        with monkeypatch.context() as patch:
+            patch.setattr(self.loop, "time", self.time)
+            patch.setattr(asyncio, "sleep", self.sleep)
+            yield self
+
+
+_real_sleep = asyncio.sleep
+
+# One request of 400 prompt tokens and 25 output tokens, speedup 2, 256 blocks of 16:
+# step 1 prefills 400 tokens (25 blocks, kv_usage 25/256): 22.63936 ms / 2 = 11.31968 ms;
+# decode steps compute positions 400..423: 16 of them in block 26 (kv_usage 26/256 = 0.1015625),
+#   decode_ms = -25.74 * 0.01031494140625 + 54.01 * 0.1015625 + 5.74 = 10.959884033 ms, / 2 = 5.4799420166 ms;
+# then 8 in block 27 (kv_usage 27/256 = 0.10546875),
+#   decode_ms = -25.74 * 0.0111236572265625 + 54.01 * 0.10546875 + 5.74 = 11.150044250 ms, / 2 = 5.5750221252 ms.
+STEP_SECONDS = [0.01131968] + [0.0054799420166] * 16 + [0.0055750221252] * 8
+TOTAL_SECONDS = 0.1435989293  # 11.31968 + 16 * 5.4799420166 + 8 * 5.5750221252 ms
+
+
+async def test_polynomial_step_times_follow_the_model(make_engine, monkeypatch):
     engine = await make_engine(timing="polynomial", speedup=2, block_size=16, num_kv_blocks=256)
     prompt = list(range(10, 410))
-    start = time.perf_counter()
-    frames = [
-        f
-        async for f in engine.generate(
-            wire.GenerateRequest("t", prompt, wire.SamplingOptions(max_tokens=25, temperature=0))
-        )
-    ]
-    elapsed = time.perf_counter() - start
+    clock = VirtualLoopClock(asyncio.get_running_loop())
+    with clock.installed(monkeypatch):
+        start = clock.now
+        frames = [
+            f
+            async for f in engine.generate(
+                wire.GenerateRequest("t", prompt, wire.SamplingOptions(max_tokens=25, temperature=0))
+            )
+        ]
+        elapsed = clock.now - start
     assert sum(len(f.token_ids) for f in frames) == 25
     log = list(engine.step_log)
-    assert len(log) == 25 and log[0][:2] == (400, 0) and all(s[:2] == (0, 1) for s in log[1:])
-    model = PolynomialTiming()
-    expected = (model.prefill_ms(400) + sum(model.decode_ms(1, s[2]) for s in log[1:])) / 2 / 1000
-    assert sum(s[3] for s in log) == pytest.approx(expected)
-    # ~85 ms in all. The event loop wakes timers up to ~1 ms late and the step clock
-    # catches up; the upper bound is loose for a busy machine.
-    assert expected * 0.7 - 0.003 <= elapsed <= expected * 1.3 + 0.1
+    assert [s[:3] for s in log] == [(400, 0, 25 / 256)] + [(0, 1, 26 / 256)] * 16 + [(0, 1, 27 / 256)] * 8
+    assert [s[3] for s in log] == pytest.approx(STEP_SECONDS)  # the modelled time of each step
+    # The engine spent exactly the modelled time on the loop's clock, one sleep per step, in order.
+    assert clock.sleeps == pytest.approx(STEP_SECONDS)
+    assert elapsed == pytest.approx(TOTAL_SECONDS)
 
 
-async def test_instant_engine_runs_zero_time_steps_in_short_bursts(make_engine):
-    """Zero-time steps run back to back (tokens leave in few frames, not one per step),
-    but the engine still yields to the other tasks in its process every few ms."""
+async def test_instant_engine_runs_zero_time_steps_in_short_bursts(make_engine, monkeypatch):
+    """Zero-time steps run back to back (tokens leave in few frames, not one per step), but the
+    engine still yields to the other tasks in its process once a burst reaches
+    mocker.engine._MAX_INSTANT_BURST_S (2 ms). The loop clock is virtual and advances 0.1 ms per
+    read, so a burst is at most 2 ms / 0.1 ms + 1 = 21 steps (other reads only shorten it)."""
     engine = await make_engine(timing="instant")
-    gaps: list[float] = []
+    steps_seen: list[int] = []  # engine.num_steps each time the other task ran
 
     async def ticker():
-        last = time.perf_counter()
         while True:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+            steps_seen.append(engine.num_steps)
+            await _real_sleep(0)
 
-    task = asyncio.create_task(ticker())
-    request = wire.GenerateRequest("y", list(range(10, 50)), wire.SamplingOptions(max_tokens=2000))
-    frames = [frame async for frame in engine.generate(request)]
-    task.cancel()
+    clock = VirtualLoopClock(asyncio.get_running_loop(), per_read=0.0001)
+    with clock.installed(monkeypatch):
+        task = asyncio.create_task(ticker())
+        request = wire.GenerateRequest("y", list(range(10, 50)), wire.SamplingOptions(max_tokens=2000))
+        frames = [frame async for frame in engine.generate(request)]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     assert engine.num_steps == 2000
     assert sum(len(f.token_ids) for f in frames) == 2000
     assert len(frames) < 2000 / 4  # several steps' tokens per frame
-    assert len(gaps) >= 2  # the other task ran during the request
-    # A burst is bounded by mocker.engine._MAX_INSTANT_BURST_S (2 ms) plus one step;
-    # the bound here is loose for a busy machine.
-    assert max(gaps) < 0.1
+    bursts = [b - a for a, b in itertools.pairwise(steps_seen) if b > a]
+    assert steps_seen[-1] == 2000 and len(bursts) >= 2000 // 21  # the other task ran between bursts
+    assert max(bursts) <= 21, max(bursts)  # no burst starves the other tasks
+    assert max(bursts) > 1  # and steps do run back to back
