@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kopf.objects").setLevel(max(config.level, logging.WARNING))
     logging.getLogger("inference_graph_operator").info("config: %s", config.describe())
     try:
-        api = RestKubeApi.from_environment()
+        api = RestKubeApi.connect(config.kubeconfig, config.in_cluster)
     except Exception as err:  # kubernetes.config raises ConfigException or OSError for a bad kubeconfig
         sys.exit(f"inference_graph_operator: no usable Kubernetes credentials: {err}")
     # The planners' decisions (graphs with autoscaling roles), from the chart's etcd or the graph's own.

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from inference_graph.core.spec import API_GROUP, KIND
+from inference_graph.settings import OperatorSettings
 
 from .config import OperatorConfig
 from .controller import GraphController
@@ -91,7 +91,7 @@ def controlling_graph(body: Mapping[str, Any]) -> str | None:
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own login, without the official client (whose kubeconfig path is fixed at import).
     Same order as ``RestKubeApi.from_environment``: $KUBECONFIG, the service account, ~/.kube/config."""
-    if os.environ.get("KUBECONFIG"):
+    if OperatorSettings.load().kubeconfig:
         return kopf.login_with_kubeconfig(**kwargs)
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 

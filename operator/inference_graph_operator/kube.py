@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from inference_graph.core.spec import API_GROUP
+from inference_graph.settings import OperatorSettings
 
 from .crd import PLURAL, VERSION
 
@@ -67,15 +68,22 @@ class RestKubeApi:
         self._client = api_client
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> RestKubeApi:
-        """The first file in ``$KUBECONFIG``, else the pod's service account, else ~/.kube/config."""
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> RestKubeApi:
+        """:meth:`connect` with ``KUBECONFIG`` and ``KUBERNETES_SERVICE_HOST`` from ``environ``
+        (default: this process's environment)."""
+        settings = OperatorSettings.load(environ)
+        return cls.connect(settings.kubeconfig, settings.kubernetes_service_host is not None)
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None, in_cluster: bool) -> RestKubeApi:
+        """The first file in ``kubeconfig``, else the pod's service account, else ~/.kube/config."""
         from kubernetes import client, config
 
-        if not environ.get("KUBECONFIG") and environ.get("KUBERNETES_SERVICE_HOST"):
+        if not kubeconfig and in_cluster:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             return cls(client.ApiClient(configuration))
-        path = (environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0]
+        path = (kubeconfig or "~/.kube/config").split(os.pathsep)[0]
         return cls(config.new_client_from_config(config_file=os.path.expanduser(path)))
 
     def _call(

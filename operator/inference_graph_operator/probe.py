@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 
+from inference_graph.environment import FIXED, Env, environ
 from inference_graph.runtime.names import instances_prefix, key_segment
 
-DEFAULT_ETCD = "http://127.0.0.1:2379"
+# RuntimeSettings' default, without importing pydantic (this runs every 10 s in every role pod).
+DEFAULT_ETCD = f"http://127.0.0.1:{FIXED.etcd_port}"
 
 
 def key_range(namespace: str, role: str, pod_name: str) -> tuple[bytes, bytes]:
@@ -46,13 +47,13 @@ def registered(endpoint: str, start: bytes, end: bytes, timeout: float = 3.0) ->
     return int(reply.get("count", 0)) > 0  # int64 arrives as a string; absent when 0
 
 
-def check(environ, role: str) -> tuple[bool, str]:
-    pod = environ.get("POD_NAME", "")
-    namespace = environ.get("IG_NAMESPACE", "")
+def check(values, role: str) -> tuple[bool, str]:
+    pod = values.get(Env.POD_NAME, "")
+    namespace = values.get(Env.IG_NAMESPACE, "")
     if not pod or not namespace:
-        return False, "POD_NAME and IG_NAMESPACE must be set (the operator injects them)"
+        return False, f"{Env.POD_NAME} and {Env.IG_NAMESPACE} must be set (the operator injects them)"
     start, end = key_range(namespace, role, pod)
-    endpoints = [e.strip() for e in environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD).split(",") if e.strip()]
+    endpoints = [e.strip() for e in values.get(Env.ETCD_ENDPOINTS, DEFAULT_ETCD).split(",") if e.strip()]
     errors = []
     for endpoint in endpoints:
         try:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", required=True)
     args = parser.parse_args(argv)
-    ok, message = check(os.environ, args.role)
+    ok, message = check(environ(), args.role)
     print(message, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

@@ -51,25 +51,18 @@ from typing import Any
 
 import yaml
 
-from inference_graph.core.instances import (
-    ETCD_ENV,
-    FRONTEND_URL_ENV,
-    NATS_ENV,
-    RoleInstance,
-    desired_instances,
-)
+from inference_graph.core.instances import RoleInstance, desired_instances
 from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, KvBufferDevice, RdmaSpec, Role
 from inference_graph.models.sources import PVC_MOUNT_ROOT
+from inference_graph.settings import FIXED, Env, OperatorSettings
 
 GRAPH_DIR = "/etc/inference-graph"
 GRAPH_FILE = "graph.yaml"
 GRAPH_PATH = f"{GRAPH_DIR}/{GRAPH_FILE}"
 MODEL_CACHE_DIR = "/var/cache/inference-graph"
-DEFAULT_FRONTEND_PORT = 8000
-
-DRAIN_SECONDS = 30  # drain_timeout of the roles' servers (roles/*/__main__.py)
-PRESTOP_SECONDS = 5
-TERMINATION_GRACE_SECONDS = DRAIN_SECONDS + PRESTOP_SECONDS + 10
+TERMINATION_GRACE_SECONDS = (
+    round(FIXED.drain_seconds) + FIXED.prestop_seconds + FIXED.termination_margin_seconds
+)
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -84,46 +77,47 @@ RDMA_CAPABILITIES = ("IPC_LOCK", "SYS_RESOURCE")
 UCX_TRANSPORTS = "rc,ud,sm,self"
 UCX_GPU_TRANSPORTS = "cuda_copy,cuda_ipc"
 
-NAMESPACE_ENV = "IG_NAMESPACE"  # runtime/config.py: prefix of every subject and key
-CACHE_ENV = "IG_MODEL_CACHE"  # models/sources.py
 WORKER_ROLES = (Role.DECODE, Role.PREFILL)
+
+
+_SETTINGS = OperatorSettings()  # the defaults, not the environment
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
     """The operator's settings that are not in the graph (from the Helm chart)."""
 
-    image: str = "ghcr.io/inference-graph/runtime:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
-    nats_url: str = "nats://dynamo-nats:4222"
-    etcd_endpoints: tuple[str, ...] = ("http://dynamo-etcd:2379",)
-    gpu_resource: str = "nvidia.com/gpu"  # "" = request no GPUs (CPU clusters)
+    image: str = _SETTINGS.runtime_image
+    image_pull_policy: str = _SETTINGS.runtime_image_pull_policy
+    nats_url: str = _SETTINGS.default_nats_server
+    etcd_endpoints: tuple[str, ...] = _SETTINGS.default_etcd_endpoints
+    gpu_resource: str = _SETTINGS.gpu_resource  # "" = request no GPUs (CPU clusters)
     service_type: str = "ClusterIP"
-    part_of: str = "dynamo"
+    part_of: str = _SETTINGS.part_of
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> OperatorDefaults:
+    def from_settings(cls, settings: OperatorSettings) -> OperatorDefaults:
         """The settings the chart passes to the operator (charts/dynamo/templates/operator.yaml)."""
-        base = cls()
-        etcd = environ.get("IG_DEFAULT_ETCD_ENDPOINTS")
         return cls(
-            image=environ.get("IG_RUNTIME_IMAGE") or base.image,
-            image_pull_policy=environ.get("IG_RUNTIME_IMAGE_PULL_POLICY") or base.image_pull_policy,
-            nats_url=environ.get("IG_DEFAULT_NATS_SERVER", base.nats_url),
-            etcd_endpoints=tuple(e.strip() for e in etcd.split(",") if e.strip())
-            if etcd is not None
-            else base.etcd_endpoints,
-            gpu_resource=environ.get("IG_GPU_RESOURCE", base.gpu_resource),
-            part_of=environ.get("IG_PART_OF") or base.part_of,
+            image=settings.runtime_image,
+            image_pull_policy=settings.runtime_image_pull_policy,
+            nats_url=settings.default_nats_server,
+            etcd_endpoints=settings.default_etcd_endpoints,
+            gpu_resource=settings.gpu_resource,
+            part_of=settings.part_of,
         )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorDefaults:
+        return cls.from_settings(OperatorSettings.load(environ))
 
     def infrastructure_env(self) -> dict[str, str]:
         env = {}
         if self.nats_url:
-            env[NATS_ENV] = self.nats_url
+            env[Env.NATS_SERVER] = self.nats_url
         if self.etcd_endpoints:
-            env[ETCD_ENV] = ",".join(self.etcd_endpoints)
+            env[Env.ETCD_ENDPOINTS] = ",".join(self.etcd_endpoints)
         return env
 
 
@@ -192,7 +186,7 @@ def role_spec_hash(graph: InferenceGraph, role: Role) -> str:
 
 
 def frontend_endpoint(graph: InferenceGraph, namespace: str) -> str:
-    port = graph.spec.services.frontend.port or DEFAULT_FRONTEND_PORT
+    port = graph.spec.services.frontend.port or FIXED.frontend_port
     return f"http://{child_name(graph.metadata.name, Role.FRONTEND)}.{namespace}.svc:{port}"
 
 
@@ -240,7 +234,7 @@ def render_configmap(graph: InferenceGraph, owner: Owner, defaults: OperatorDefa
 
 
 def render_frontend_service(graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults) -> dict:
-    port = graph.spec.services.frontend.port or DEFAULT_FRONTEND_PORT
+    port = graph.spec.services.frontend.port or FIXED.frontend_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -258,18 +252,22 @@ def render_frontend_service(graph: InferenceGraph, owner: Owner, defaults: Opera
 def _env(graph: InferenceGraph, inst: RoleInstance) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     downward = {
-        "POD_NAME": "metadata.name",
-        "POD_NAMESPACE": "metadata.namespace",
-        "POD_IP": "status.podIP",
-        "NODE_NAME": "spec.nodeName",
+        Env.POD_NAME: "metadata.name",
+        Env.POD_NAMESPACE: "metadata.namespace",
+        Env.POD_IP: "status.podIP",
+        Env.NODE_NAME: "spec.nodeName",
     }
     for name, path in downward.items():
         if name not in inst.env:
             env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-    injected = {NAMESPACE_ENV: graph.metadata.name, CACHE_ENV: MODEL_CACHE_DIR, "PYTHONUNBUFFERED": "1"}
+    injected = {
+        Env.IG_NAMESPACE: graph.metadata.name,
+        Env.IG_MODEL_CACHE: MODEL_CACHE_DIR,
+        Env.PYTHONUNBUFFERED: "1",
+    }
     if inst.role is Role.PLANNER:  # it reads the frontend's metrics through the frontend Service
-        port = graph.spec.services.frontend.port or DEFAULT_FRONTEND_PORT
-        injected[FRONTEND_URL_ENV] = f"http://{child_name(graph.metadata.name, Role.FRONTEND)}:{port}"
+        port = graph.spec.services.frontend.port or FIXED.frontend_port
+        injected[Env.IG_FRONTEND_URL] = f"http://{child_name(graph.metadata.name, Role.FRONTEND)}:{port}"
     rdma = _rdma(graph, inst.role)
     if rdma:
         injected.update(rdma_env(rdma, graph.spec.disaggregation.kv_transfer.buffer_device))
@@ -306,9 +304,9 @@ def rdma_env(rdma: RdmaSpec, buffer_device: KvBufferDevice) -> dict[str, str]:
     transports = UCX_TRANSPORTS
     if buffer_device is KvBufferDevice.CUDA:
         transports += "," + UCX_GPU_TRANSPORTS
-    env = {"UCX_TLS": transports, "UCX_RNDV_SCHEME": "get_zcopy", "UCX_RNDV_THRESH": "0"}
+    env = {Env.UCX_TLS: transports, Env.UCX_RNDV_SCHEME: "get_zcopy", Env.UCX_RNDV_THRESH: "0"}
     if rdma.roce:
-        env["UCX_IB_ADDR_TYPE"] = "eth"  # RoCE ports have Ethernet (GID) addresses, not IB LIDs
+        env[Env.UCX_IB_ADDR_TYPE] = "eth"  # RoCE ports have Ethernet (GID) addresses, not IB LIDs
     return {**env, **rdma.ucx_env}
 
 
@@ -399,7 +397,7 @@ def render_deployment(
         "env": _env(graph, inst),
         "volumeMounts": mounts,
         **_probes(inst),
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": FIXED.prestop_seconds}}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -409,7 +407,7 @@ def render_deployment(
         container["securityContext"]["capabilities"]["add"] = list(RDMA_CAPABILITIES)
     if role is Role.FRONTEND:
         container["ports"] = [
-            {"name": "http", "containerPort": inst.port or DEFAULT_FRONTEND_PORT, "protocol": "TCP"}
+            {"name": "http", "containerPort": inst.port or FIXED.frontend_port, "protocol": "TCP"}
         ]
     resources = _resources(graph, inst, defaults)
     if resources:

@@ -1,9 +1,10 @@
 """desired_instances: the one function both runtimes use to decide what runs."""
 
-from inference_graph.core.instances import ETCD_ENV, NATS_ENV, desired_instances
+from inference_graph.core.instances import desired_instances
 from inference_graph.core.spec import Role, parse_graph
+from inference_graph.settings import Env
 
-INFRA = {NATS_ENV: "nats://default:4222", ETCD_ENV: "http://default:2379"}
+INFRA = {Env.NATS_SERVER: "nats://default:4222", Env.ETCD_ENDPOINTS: "http://default:2379"}
 
 
 def graph(**spec):
@@ -49,12 +50,12 @@ def test_spec_endpoints_override_runtime_defaults_and_user_env_wins():
             "nats": {"url": "nats://spec:4222"},
             "etcd": {"endpoints": ["http://a:2379", "http://b:2379"]},
         },
-        services={"decode": {"env": {NATS_ENV: "nats://user:4222"}}},
+        services={"decode": {"env": {Env.NATS_SERVER: "nats://user:4222"}}},
     )
     instances = by_role(desired_instances(g, "/g.yaml", INFRA))
-    assert instances[Role.PROCESSOR].env[NATS_ENV] == "nats://spec:4222"
-    assert instances[Role.PROCESSOR].env[ETCD_ENV] == "http://a:2379,http://b:2379"
-    assert instances[Role.DECODE].env[NATS_ENV] == "nats://user:4222"
+    assert instances[Role.PROCESSOR].env[Env.NATS_SERVER] == "nats://spec:4222"
+    assert instances[Role.PROCESSOR].env[Env.ETCD_ENDPOINTS] == "http://a:2379,http://b:2379"
+    assert instances[Role.DECODE].env[Env.NATS_SERVER] == "nats://user:4222"
 
 
 def test_replicas_are_passed_through():

@@ -6,6 +6,8 @@ import helm_python as helm  # the real Helm Go SDK (helm-python-sdk)
 import pytest
 import yaml
 
+from inference_graph.settings import FIXED, OperatorSettings
+
 from .common import ROOT
 
 CHART = ROOT / "charts" / "dynamo"
@@ -195,3 +197,15 @@ def test_grafana_dashboard_queries_the_frontends_metrics(chart):
     exported |= {f"{family.name}_bucket" for family in registry.collect() if family.type == "histogram"}
     assert len(used) >= 8 and used <= exported, used - exported
     assert not find(render(chart)[0], "ConfigMap")  # off by default
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_the_chart_passes_the_operator_settings_by_their_names(chart, values):
+    docs, _ = render(chart, values)
+    env = operator_env(docs)
+    assert set(env) <= set(OperatorSettings.names()), set(env) - set(OperatorSettings.names())
+    settings = OperatorSettings.load(env)  # every value the chart passes parses
+    assert settings.gpu_resource == env["IG_GPU_RESOURCE"]
+    (deployment,) = find(docs, "Deployment")
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert [p["containerPort"] for p in c["ports"]] == [FIXED.operator_health_port]

@@ -9,8 +9,8 @@ import yaml
 
 from inference_graph.core.instances import desired_instances
 from inference_graph.core.spec import Role, SpecError, load_graph, parse_graph
+from inference_graph.settings import ENV_NAMES, FIXED
 from inference_graph_operator.render import (
-    DRAIN_SECONDS,
     GRAPH_DIR,
     GRAPH_PATH,
     MULTUS_ANNOTATION,
@@ -281,7 +281,7 @@ def test_graceful_termination_covers_the_drain():
     for deployment in by_kind(objects(), "Deployment").values():
         pod = deployment["spec"]["template"]["spec"]
         pre_stop = container(deployment)["lifecycle"]["preStop"]["sleep"]["seconds"]
-        assert pod["terminationGracePeriodSeconds"] > DRAIN_SECONDS + pre_stop
+        assert pod["terminationGracePeriodSeconds"] > FIXED.drain_seconds + pre_stop
 
 
 def test_pods_run_as_non_root_without_privileges():
@@ -479,3 +479,20 @@ def test_replicas_decided_by_the_operator_override_the_spec_without_rolling():
         n: d["spec"]["template"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         for n, d in deployments.items()
     }
+
+
+def test_every_env_name_the_operator_injects_is_a_settings_name():
+    manifest = rdma_manifest(roce=True)
+    manifest["spec"]["services"]["prefill"]["autoscaling"] = {
+        "enabled": True,
+        "minReplicas": 0,
+        "maxReplicas": 3,
+    }
+    manifest["spec"]["planner"] = {"policy": "load"}  # so the planner's IG_FRONTEND_URL is rendered too
+    injected = {
+        e["name"]
+        for deployment in by_kind(objects(manifest), "Deployment").values()
+        for e in container(deployment)["env"]
+    }
+    assert "IG_FRONTEND_URL" in injected and "UCX_IB_ADDR_TYPE" in injected
+    assert injected <= set(ENV_NAMES), injected - set(ENV_NAMES)

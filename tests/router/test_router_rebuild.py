@@ -145,15 +145,16 @@ async def test_metrics_count_decisions_predicted_hits_events_and_index_size():
 def test_metrics_over_http_when_a_port_is_set():
     import httpx
 
-    from inference_graph.roles.router.__main__ import METRICS_PORT_ENV, serve_metrics_http
+    from inference_graph.roles.router.__main__ import serve_metrics_http
     from inference_graph.runtime.embedded import free_port
+    from inference_graph.settings import ConfigError, Env, RuntimeSettings
 
     router = RouterService(BS)
-    assert serve_metrics_http(router, {}) is None
-    with pytest.raises(ValueError, match=METRICS_PORT_ENV):
-        serve_metrics_http(router, {METRICS_PORT_ENV: "http"})
+    assert serve_metrics_http(router, RuntimeSettings.load({}).metrics_port) is None
+    with pytest.raises(ConfigError, match=Env.IG_METRICS_PORT):
+        RuntimeSettings.load({Env.IG_METRICS_PORT: "http"})
     port = free_port()
-    server = serve_metrics_http(router, {METRICS_PORT_ENV: str(port)})
+    server = serve_metrics_http(router, RuntimeSettings.load({Env.IG_METRICS_PORT: str(port)}).metrics_port)
     try:
         response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
         assert response.status_code == 200 and "ig_router_ready 1.0" in response.text

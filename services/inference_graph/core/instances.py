@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..settings import Env
 from .spec import WORKER_ROLES, EngineType, InferenceGraph, Role
-
-# Environment names shared with the seeds' deployments.
-NATS_ENV = "NATS_SERVER"
-ETCD_ENV = "ETCD_ENDPOINTS"
-# Engines one worker process hosts (the local launcher packs simulated workers).
-ENGINES_PER_PROCESS_ENV = "IG_ENGINES_PER_PROCESS"
-# The frontend's base URL, whose metrics the planner reads (set by the launcher or the operator).
-FRONTEND_URL_ENV = "IG_FRONTEND_URL"
 
 ROLE_MODULES = {
     Role.FRONTEND: "inference_graph.roles.frontend",
@@ -60,9 +53,9 @@ def desired_instances(
     spec = graph.spec
     base_env = dict(infrastructure_env)
     if spec.infrastructure.nats.url:
-        base_env[NATS_ENV] = spec.infrastructure.nats.url
+        base_env[Env.NATS_SERVER] = spec.infrastructure.nats.url
     if spec.infrastructure.etcd.endpoints:
-        base_env[ETCD_ENV] = ",".join(spec.infrastructure.etcd.endpoints)
+        base_env[Env.ETCD_ENDPOINTS] = ",".join(spec.infrastructure.etcd.endpoints)
 
     uses_gpus = spec.engine.type is not EngineType.MOCKER  # simulated workers need no accelerator
     instances = []
@@ -82,7 +75,7 @@ def desired_instances(
                 port=service.port if role is Role.FRONTEND else None,
             )
         )
-    if spec.autoscaled():  # one planner per graph; it needs the frontend's URL (FRONTEND_URL_ENV)
+    if spec.autoscaled():  # one planner per graph; it needs the frontend's URL (IG_FRONTEND_URL)
         instances.append(
             RoleInstance(
                 role=Role.PLANNER,

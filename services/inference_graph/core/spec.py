@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ..environment import FIXED
+
 API_GROUP = "inferencegraph.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "InferenceGraph"
@@ -407,8 +409,8 @@ class ServiceSpec(_Model):
 
 class ServicesSpec(_Model):
     frontend: ServiceSpec = Field(
-        default_factory=lambda: ServiceSpec(port=8000),
-        description="The OpenAI-compatible HTTP server (port defaults to 8000).",
+        default_factory=lambda: ServiceSpec(port=FIXED.frontend_port),
+        description=f"The OpenAI-compatible HTTP server (port defaults to {FIXED.frontend_port}).",
     )
     processor: ServiceSpec = Field(
         default_factory=ServiceSpec, description="Tokenizes requests and routes them to workers."

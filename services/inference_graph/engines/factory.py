@@ -14,6 +14,7 @@ from .errors import EngineRequestError
 
 if TYPE_CHECKING:
     from ..core.spec import EngineSpec, KvTransferSpec
+    from ..settings import RuntimeSettings
 
 __all__ = ["EngineRequestError", "create_engine"]
 
@@ -25,6 +26,7 @@ def create_engine(
     kv_transfer: KvTransferSpec | None = None,
     *,
     kv_producer: bool = False,
+    settings: RuntimeSettings | None = None,
 ) -> Engine:
     """An unstarted engine for ``engine_spec``; call ``await engine.start()``.
 
@@ -32,7 +34,8 @@ def create_engine(
     enabled) lets the engine run PREFILL and DECODE phases: vLLM through NIXL,
     the simulated engine with simulated transfer time. ``kv_producer``: the
     engine is a prefill worker's (its KV is read by others), else a decode
-    worker's; vLLM configures its connector for that one role.
+    worker's; vLLM configures its connector for that one role. ``settings``: the
+    worker process's (default: read from the environment when the engine is made).
     """
     kind = getattr(engine_spec.type, "value", engine_spec.type)
     if kind == "vllm":
@@ -49,8 +52,11 @@ def create_engine(
             extra_args=dict(engine_spec.extra_args),
             served_model_name=served_model_name,
             kv_transfer=(
-                NixlTransfer(kv_transfer.buffer_device.value, producer=kv_producer) if kv_transfer else None
+                NixlTransfer(kv_transfer.buffer_device.value, producer=kv_producer, settings=settings)
+                if kv_transfer
+                else None
             ),
+            settings=settings,
         )
     if kind == "mocker":
         from .mocker import MockerEngine

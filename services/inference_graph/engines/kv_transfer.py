@@ -19,11 +19,11 @@ A transfer that cannot be used raises ``KvTransferError`` (HTTP 500, type
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..settings import Env, RuntimeSettings, export
 from .errors import EngineRequestError
 
 GB = 1e9
@@ -131,25 +131,26 @@ class NixlTransfer:
         port: int | None = None,
         *,
         producer: bool,
+        settings: RuntimeSettings | None = None,
     ):
         """``producer``: a prefill worker's engine (vLLM ``kv_role: kv_producer``, its KV is read by
         decode engines); else a decode worker's (``kv_consumer``: it reads remote KV, and still
-        prefills locally the prompts that stay local)."""
+        prefills locally the prompts that stay local). ``settings``: the process's (default: read
+        from the environment now)."""
+        settings = settings or RuntimeSettings.load()
         self.buffer_device = buffer_device
         self.kv_role = "kv_producer" if producer else "kv_consumer"
         # Peers connect to this address: the pod's IP in Kubernetes (POD_IP from the downward API),
         # loopback on one machine. An explicit VLLM_NIXL_SIDE_CHANNEL_HOST wins.
-        self.host = (
-            host or os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or os.environ.get("POD_IP") or "127.0.0.1"
-        )
+        self.host = host or settings.nixl_side_channel_host or settings.pod_ip or "127.0.0.1"
+        self.progress_thread = settings.nixl_progress_thread
         # A free port per engine, never the inherited VLLM_NIXL_SIDE_CHANNEL_PORT: this process sets
         # that for the engine it starts, and a second engine would take the same port.
         self.port = port or free_port(self.host)
 
     def prepare_process_env(self) -> None:
         """vLLM reads the side channel from the environment of the engine core (our child)."""
-        os.environ["VLLM_NIXL_SIDE_CHANNEL_HOST"] = self.host
-        os.environ["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(self.port)
+        export({Env.VLLM_NIXL_SIDE_CHANNEL_HOST: self.host, Env.VLLM_NIXL_SIDE_CHANNEL_PORT: str(self.port)})
 
     def kv_transfer_config(self) -> dict[str, Any]:
         # One role per engine, as vLLM's NixlConnector asks (kv_both is deprecated). "fail": a KV
@@ -161,7 +162,7 @@ class NixlTransfer:
             "kv_buffer_device": self.buffer_device,
             "kv_load_failure_policy": "fail",
         }
-        if self.buffer_device == "cpu" and os.environ.get("IG_NIXL_PROGRESS_THREAD", "0") != "1":
+        if self.buffer_device == "cpu" and not self.progress_thread:
             # The same connector, loaded through a module that first turns off NIXL's
             # busy-polling progress thread in the engine core (see engines/nixl_cpu.py).
             config["kv_connector_module_path"] = "inference_graph.engines.nixl_cpu"

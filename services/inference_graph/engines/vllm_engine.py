@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -51,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import wire
+from ..settings import Env, RuntimeSettings, export
 from .base import EngineInfo, EngineLoad
 from .child_guard import ChildGuard
 from .errors import EngineRequestError
@@ -74,14 +74,17 @@ class _ConfigError(ValueError):
 
 
 def _set_process_env(model_path: str) -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+    """vLLM reads these in this process; a value the user set wins (reasons in the module docstring)."""
+    values = {
+        Env.VLLM_ENABLE_V1_MULTIPROCESSING: "0",
+        Env.OMP_NUM_THREADS: "1",
+        Env.VLLM_CPU_OMP_THREADS_BIND: "nobind",
+        Env.VLLM_NO_USAGE_STATS: "1",
+        Env.VLLM_DO_NOT_TRACK: "1",
+    }
     if Path(model_path).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        values |= {Env.HF_HUB_OFFLINE: "1", Env.TRANSFORMERS_OFFLINE: "1"}
+    export(values, overwrite=False)
 
 
 class _LoadSink:
@@ -134,8 +137,10 @@ class VllmEngine:
         extra_args: dict[str, Any] | None = None,
         served_model_name: str | None = None,
         kv_transfer: NixlTransfer | None = None,
+        settings: RuntimeSettings | None = None,
     ):
-        """``kv_transfer``: the NIXL connector for disaggregated prefill/decode; None: aggregated only."""
+        """``kv_transfer``: the NIXL connector for disaggregated prefill/decode; None: aggregated only.
+        ``settings``: the process's (default: read from the environment now)."""
         extra_args = dict(extra_args or {})
         for key in _OWNED_ARGS:
             if key in extra_args:
@@ -151,6 +156,7 @@ class VllmEngine:
         self.kv_cache_gib = kv_cache_gib
         self.extra_args = extra_args
         self.kv_transfer = kv_transfer
+        self._kvcache_space = (settings or RuntimeSettings.load()).vllm_cpu_kvcache_space
         self.info = EngineInfo(block_size=block_size, num_kv_blocks=0, max_model_len=max_model_len)
         self._llm: AsyncLLM | None = None
         self._sink = _LoadSink()
@@ -201,10 +207,11 @@ class VllmEngine:
         _set_process_env(self.model_path)
         if self.kv_transfer is not None:
             self.kv_transfer.prepare_process_env()
-        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        if self._kvcache_space:
             log.warning(
-                "VLLM_CPU_KVCACHE_SPACE=%s overrides engine.kvCacheGib=%s for every engine in this process",
-                os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                "%s=%s overrides engine.kvCacheGib=%s for every engine in this process",
+                Env.VLLM_CPU_KVCACHE_SPACE,
+                self._kvcache_space,
                 self.kv_cache_gib,
             )
         import psutil

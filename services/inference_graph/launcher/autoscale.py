@@ -16,9 +16,10 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
-from ..core.instances import ETCD_ENV, FRONTEND_URL_ENV, RoleInstance
+from ..core.instances import RoleInstance
 from ..core.spec import EngineType, InferenceGraph, Role, SpecError
 from ..runtime.discovery import Discovery, PrefixWatch
+from ..settings import Env
 from .supervisor import Supervisor
 
 
@@ -40,7 +41,7 @@ def with_frontend_url(instance: RoleInstance, frontend_url: str) -> RoleInstance
     """The planner reads the frontend's metrics; locally the frontend is on this machine."""
     if instance.role is not Role.PLANNER:
         return instance
-    return dataclasses.replace(instance, env={**instance.env, FRONTEND_URL_ENV: frontend_url})
+    return dataclasses.replace(instance, env={**instance.env, Env.IG_FRONTEND_URL: frontend_url})
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +50,7 @@ async def apply_planner_decisions(
 ) -> AsyncIterator[None]:
     """While inside: every decision of the planner sets the replicas of its roles."""
     by_role = {inst.role.value: inst for inst in instances}
-    discovery = await Discovery.connect(infra_env[ETCD_ENV].split(","))
+    discovery = await Discovery.connect(infra_env[Env.ETCD_ENDPOINTS].split(","))
     watch = await discovery.watch_replicas(graph.metadata.name)
     task = asyncio.create_task(_apply_forever(watch, by_role, supervisor), name="apply-planner-decisions")
     try:

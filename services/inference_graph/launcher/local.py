@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import signal
 import tempfile
 import time
@@ -17,15 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from ..core.instances import (
-    ENGINES_PER_PROCESS_ENV,
-    ETCD_ENV,
-    NATS_ENV,
-    RoleInstance,
-    desired_instances,
-)
+from ..core.instances import RoleInstance, desired_instances
 from ..core.spec import WORKER_ROLES, EngineType, InferenceGraph, Role, SpecError
 from ..models import resolve_model_source
+from ..settings import FIXED, Env, RuntimeSettings, inherited_environment
 from .autoscale import apply_planner_decisions, check_autoscaling_runs_locally, with_frontend_url
 from .supervisor import Supervisor
 
@@ -46,7 +40,7 @@ STOP_ORDER = [
 class LocalOptions:
     host: str = "127.0.0.1"
     ready_timeout: float = 600.0
-    stop_grace: float = 30.0
+    stop_grace: float = FIXED.drain_seconds
 
 
 def check_runs_locally(graph: InferenceGraph) -> None:
@@ -86,32 +80,36 @@ def local_processes(graph: InferenceGraph, instance: RoleInstance):
 
     def env_of(index: int) -> dict[str, str]:
         engines = min(per_process, instance.replicas - index * per_process)
-        return {ENGINES_PER_PROCESS_ENV: str(engines)}
+        return {Env.IG_ENGINES_PER_PROCESS: str(engines)}
 
     return instance, processes, env_of
 
 
 @contextlib.asynccontextmanager
-async def infrastructure(graph: InferenceGraph) -> AsyncIterator[dict[str, str]]:
-    """Yield NATS_SERVER/ETCD_ENDPOINTS: from the environment or the spec, else
-    embedded servers started here (and stopped on exit)."""
+async def infrastructure(
+    graph: InferenceGraph, settings: RuntimeSettings | None = None
+) -> AsyncIterator[dict[str, str]]:
+    """Yield NATS_SERVER/ETCD_ENDPOINTS: from the environment (``settings``) or the spec,
+    else embedded servers started here (and stopped on exit)."""
     from ..runtime.embedded import EmbeddedEtcd, EmbeddedNats
 
+    settings = settings or RuntimeSettings.load()
+    given = settings.model_fields_set  # set in the environment, not defaults
     infra = graph.spec.infrastructure
     env = {}
     async with contextlib.AsyncExitStack() as stack:
-        nats_url = os.environ.get(NATS_ENV) or infra.nats.url
+        nats_url = (settings.nats_url if "nats_url" in given else "") or infra.nats.url
         if not nats_url:
             nats = await stack.enter_async_context(EmbeddedNats())
             nats_url = nats.url
             print(f"started embedded nats-server (JetStream) at {nats_url}", flush=True)
-        env[NATS_ENV] = nats_url
-        etcd = os.environ.get(ETCD_ENV) or ",".join(infra.etcd.endpoints or [])
+        env[Env.NATS_SERVER] = nats_url
+        etcd = ",".join(settings.etcd_endpoints if "etcd_endpoints" in given else infra.etcd.endpoints or [])
         if not etcd:
             server = await stack.enter_async_context(EmbeddedEtcd())
             etcd = ",".join(server.endpoints)
             print(f"started embedded etcd at {etcd}", flush=True)
-        env[ETCD_ENV] = etcd
+        env[Env.ETCD_ENDPOINTS] = etcd
         yield env
 
 
@@ -135,21 +133,29 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-async def serve(graph: InferenceGraph, options: LocalOptions = LocalOptions()) -> None:
+async def serve(
+    graph: InferenceGraph, options: LocalOptions = LocalOptions(), settings: RuntimeSettings | None = None
+) -> None:
     """Run ``graph`` until SIGINT/SIGTERM; stop every process before returning."""
     check_runs_locally(graph)
+    settings = settings or RuntimeSettings.load()
     print(f"preparing model {graph.spec.model.source} ...", flush=True)
-    resolve_model_source(graph.spec.model.source)  # once here, so replicas don't race to build it
+    # Once here, so replicas don't race to build it.
+    resolve_model_source(graph.spec.model.source, settings.model_cache)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    async with infrastructure(graph) as infra_env:
+    async with infrastructure(graph, settings) as infra_env:
         with tempfile.TemporaryDirectory(prefix="inference-graph-") as workdir:
             graph_path = Path(workdir) / "graph.yaml"
             graph_path.write_text(yaml.safe_dump(graph.to_manifest(), sort_keys=False))
-            base_env = {**os.environ, "IG_NAMESPACE": graph.metadata.name, "PYTHONUNBUFFERED": "1"}
+            base_env = {
+                **inherited_environment(),
+                Env.IG_NAMESPACE: graph.metadata.name,
+                Env.PYTHONUNBUFFERED: "1",
+            }
             supervisor = Supervisor(base_env)
             try:
                 await _run_until_stopped(graph, str(graph_path), infra_env, supervisor, options, stop)
@@ -168,7 +174,7 @@ async def _run_until_stopped(
     stop: asyncio.Event,
 ) -> None:
     """Start every role, announce readiness, then wait for a stop signal or a crash loop."""
-    port = graph.spec.services.frontend.port or 8000
+    port = graph.spec.services.frontend.port or FIXED.frontend_port
     base = f"http://{options.host}:{port}"
     instances = [with_frontend_url(i, base) for i in desired_instances(graph, graph_path, infra_env)]
     for instance in instances:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.instances import RoleInstance
+from ..settings import FIXED, Env
 from .processes import pump_lines, spawn, stop_process
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Supervisor:
         while len(group) < count:
             index = len(group)
             extra = env_of(index) if env_of else {}
-            env = {**self._base_env, **instance.env, "IG_REPLICA_INDEX": str(index), **extra}
+            env = {**self._base_env, **instance.env, Env.IG_REPLICA_INDEX: str(index), **extra}
             replica = Replica(f"{instance.role.value}-{index}", instance.argv(sys.executable), env)
             group.append(replica)
             replica.task = asyncio.create_task(self._keep_running(replica), name=replica.name)
@@ -78,7 +79,7 @@ class Supervisor:
             group = self._replicas.pop(role, [])
             await asyncio.gather(*(self._stop_replica(r, grace) for r in group))
 
-    async def _stop_replica(self, replica: Replica, grace: float = 30.0) -> None:
+    async def _stop_replica(self, replica: Replica, grace: float = FIXED.drain_seconds) -> None:
         replica.stopping = True
         if replica.proc is not None:
             await stop_process(replica.proc, grace)

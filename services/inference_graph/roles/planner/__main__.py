@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 
-from ...core.instances import FRONTEND_URL_ENV
 from ...core.spec import EngineType, GraphSpec, Role
 from ...engines.mocker.timing import TableTiming, TimingModel, make_timing
 from ...planning import CapacityModel, Planner, make_policy
 from ...runtime.event_plane import subscribe_load
+from ...settings import ConfigError, Env
 from ..bootstrap import RoleContext, run_role
 from .collect import Collector
 
@@ -65,9 +64,9 @@ async def main(ctx: RoleContext) -> None:
     kv_blocks = next(iter(first.values())).num_kv_blocks
     planner = Planner.for_graph(spec, make_policy(spec, capacity_model(spec, kv_blocks)))
     current = await _starting_replicas(ctx, planner)
-    collector = Collector(
-        os.environ[FRONTEND_URL_ENV].rstrip("/") + "/metrics", spec.planner.interval_seconds
-    )
+    if not ctx.settings.frontend_url:
+        raise ConfigError(Env.IG_FRONTEND_URL, "", "required: the frontend's base URL")
+    collector = Collector(ctx.settings.frontend_url.rstrip("/") + "/metrics", spec.planner.interval_seconds)
     subscription = await subscribe_load(ctx.nc, ns, collector.on_load)
     loop = asyncio.get_running_loop()
     log.info(

@@ -11,6 +11,7 @@ from ...processing import ProcessingError, Processor
 from ...processing.build import running_processor
 from ...runtime.errors import RequestError
 from ...runtime.request_plane import EndpointServer
+from ...settings import FIXED
 from ..bootstrap import RoleContext, run_role
 
 PROCESS_ENDPOINT = "process"
@@ -43,7 +44,7 @@ async def main(ctx: RoleContext) -> None:
         registration = await ctx.discovery.register(info, ctx.config.lease_ttl, model=spec.model.name)
         await ctx.stopping.wait()
         await registration.revoke()  # frontends stop sending here
-        await server.stop(drain_timeout=30)  # finish the streams in flight
+        await server.stop(drain_timeout=FIXED.drain_seconds)  # finish the streams in flight
 
 
 if __name__ == "__main__":

@@ -6,26 +6,20 @@ HTTP at ``/metrics``; they are always served on the request plane (``metrics``).
 
 from __future__ import annotations
 
-import os
-
 from ...core.spec import Role
 from ...runtime.request_plane import EndpointClient, EndpointServer
+from ...settings import FIXED
 from ..bootstrap import RoleContext, run_role
 from .service import DECIDE_ENDPOINT, METRICS_ENDPOINT, RouterService, snapshot_fetcher
 
-METRICS_PORT_ENV = "IG_METRICS_PORT"
 
-
-def serve_metrics_http(router: RouterService, environ=os.environ):
-    """Serve ``/metrics`` over HTTP on ``IG_METRICS_PORT`` if set; returns the server to shut down."""
-    raw = environ.get(METRICS_PORT_ENV, "").strip()
-    if not raw:
+def serve_metrics_http(router: RouterService, port: int | None):
+    """Serve ``/metrics`` over HTTP on ``port`` (``IG_METRICS_PORT``) if set; returns the server to shut down."""
+    if port is None:
         return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"{METRICS_PORT_ENV}={raw!r}: expected a TCP port number (1-65535)")
     from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(int(raw), registry=router.metrics.registry)
+    server, _thread = start_http_server(port, registry=router.metrics.registry)
     return server
 
 
@@ -38,7 +32,7 @@ async def main(ctx: RoleContext) -> None:
         temperature=spec.routing.kv.temperature,
         fetch_snapshot=snapshot_fetcher(workers_client, spec.engine.block_size),
     )
-    metrics_http = serve_metrics_http(router)
+    metrics_http = serve_metrics_http(router, ctx.settings.metrics_port)
     # Events first (held per worker while its snapshot is in flight), then membership, then every
     # known worker's snapshot, then serve, then register: a processor never reaches a router whose
     # index is not rebuilt yet.
@@ -52,7 +46,7 @@ async def main(ctx: RoleContext) -> None:
     registration = await ctx.discovery.register(ctx.instance_info(), ctx.config.lease_ttl)
     await ctx.stopping.wait()
     await registration.revoke()
-    await server.stop(drain_timeout=5)
+    await server.stop(drain_timeout=FIXED.router_drain_seconds)
     await router.unsubscribe()
     await workers_watch.close()
     await workers_client.close()

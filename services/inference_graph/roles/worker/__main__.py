@@ -7,26 +7,31 @@ makes one process host several engines, each its own instance.
 from __future__ import annotations
 
 import asyncio
-import os
 
-from ...core.instances import ENGINES_PER_PROCESS_ENV
 from ...core.spec import InferenceGraph, Role
 from ...engines.base import Engine
 from ...engines.factory import create_engine
 from ...models import resolve_model_source
+from ...settings import RuntimeSettings
 from ..bootstrap import RoleContext, run_role
 from .service import WorkerInstance
 
 
-async def start_engines(graph: InferenceGraph, role: Role) -> list[Engine]:
+async def start_engines(graph: InferenceGraph, role: Role, settings: RuntimeSettings) -> list[Engine]:
     """Load the model(s) before connecting anywhere (see ``run_role``'s ``before_connect``)."""
     spec = graph.spec
-    count = int(os.environ.get(ENGINES_PER_PROCESS_ENV, "1"))
-    model_path = resolve_model_source(spec.model.source)
+    model_path = resolve_model_source(spec.model.source, settings.model_cache)
     kv_transfer = spec.disaggregation.kv_transfer if spec.disaggregation.enabled else None
     engines = [
-        create_engine(spec.engine, model_path, spec.model.name, kv_transfer, kv_producer=role == Role.PREFILL)
-        for _ in range(count)
+        create_engine(
+            spec.engine,
+            model_path,
+            spec.model.name,
+            kv_transfer,
+            kv_producer=role == Role.PREFILL,
+            settings=settings,
+        )
+        for _ in range(settings.engines_per_process)
     ]
     await asyncio.gather(*(engine.start() for engine in engines))
     return engines

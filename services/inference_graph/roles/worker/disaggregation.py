@@ -50,6 +50,7 @@ class Disaggregation:
                 instance_id,
                 nc=ctx.nc,
                 receipt_timeout=spec.queue.remote_timeout_seconds,
+                concurrency=ctx.settings.prefill_concurrency,
             )
         else:
             self.prefix = LocalPrefixCache(instance_id, engine.info.block_size)

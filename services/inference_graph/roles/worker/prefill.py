@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 
 import msgspec
@@ -36,7 +35,6 @@ from .remote_prefill import prefill_done_subject
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = int(os.environ.get("IG_PREFILL_CONCURRENCY", "2"))
 PULL_WAIT = 1.0  # seconds one long poll waits on the server; bounds how long a stop takes to be seen
 
 
@@ -49,7 +47,7 @@ class PrefillWorker:
         *,
         nc: NATS,
         receipt_timeout: float,
-        concurrency: int = CONCURRENCY,
+        concurrency: int,
     ):
         """``nc`` carries results to decode workers (in ``queue.namespace``) and their receipts back."""
         self.engine, self.queue, self.instance_id = engine, queue, instance_id

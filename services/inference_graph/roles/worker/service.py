@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 
 import msgspec
@@ -21,15 +20,13 @@ from ...engines.base import Engine
 from ...runtime.discovery import Registration
 from ...runtime.event_plane import KV_SNAPSHOT_ENDPOINT, EventPublisher
 from ...runtime.request_plane import EndpointServer
+from ...settings import FIXED
 from ..bootstrap import RoleContext
 from .disaggregation import Disaggregation
 from .handlers import GENERATE_ENDPOINT, make_generate_handler
 from .kv_snapshot import KvMirror
 
 log = logging.getLogger(__name__)
-
-LOAD_INTERVAL = float(os.environ.get("IG_LOAD_INTERVAL", "1.0"))
-DRAIN_TIMEOUT = 30.0
 
 
 class WorkerInstance:
@@ -79,7 +76,7 @@ class WorkerInstance:
             await self.ctx.discovery.mark_draining(self._registration, self._registered)
         if self._disagg is not None:  # a prefill worker stops pulling and finishes what it pulled
             await self._disagg.drain()
-        await self._server.stop(drain_timeout=DRAIN_TIMEOUT)
+        await self._server.stop(drain_timeout=FIXED.drain_seconds)
         if self._registration is not None:
             await self._registration.revoke()
         if self._disagg is not None:
@@ -110,4 +107,4 @@ class WorkerInstance:
                     **(await self._disagg.load_fields() if self._disagg else {}),
                 )
             )
-            await asyncio.sleep(LOAD_INTERVAL)  # a publishing period, not synchronisation
+            await asyncio.sleep(self.ctx.settings.load_interval)  # a publishing period, not synchronisation
