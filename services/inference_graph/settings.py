@@ -186,7 +186,7 @@ class RuntimeSettings(_FromEnv):
         Env.IG_MODEL_CACHE,
         default_factory=lambda: Path.home() / ".cache" / "inference-graph" / "models",
         meaning="where builtin:// models are converted and kept",
-        readers="workers, processor",
+        readers="launcher, frontend, processor, workers",
     )
     nixl_progress_thread: bool = _env(
         Env.IG_NIXL_PROGRESS_THREAD, False, "`1`: NIXL's own progress thread with host buffers", "workers"
