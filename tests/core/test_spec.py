@@ -73,6 +73,37 @@ def test_shipped_configs_are_valid(path):
             "less than or equal to 1",
         ),
         ({"planner": {"policy": "magic"}}, "spec.planner.policy", "'sla'"),
+        (
+            {"routing": {"kv": {"weights": {"prefx_overlap": 1.0}}}},
+            "spec.routing.kv.weights.prefx_overlap",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"routing": {"kv": {"weights": {"kv_usage": -0.5}}}},
+            "spec.routing.kv.weights.kv_usage",
+            "greater than or equal to 0",
+        ),
+        (
+            {"routing": {"kv": {"weights": {"queue_depth": "inf"}}}},
+            "spec.routing.kv.weights.queue_depth",
+            "finite number",
+        ),
+        (
+            {
+                "routing": {
+                    "kv": {
+                        "weights": {
+                            "prefix_overlap": 0,
+                            "kv_usage": 0,
+                            "queue_depth": 0,
+                            "inflight_prefill": 0,
+                        }
+                    }
+                }
+            },
+            "spec.routing.kv.weights",
+            "at least one scorer needs a weight > 0",
+        ),
     ],
 )
 def test_invalid_spec_names_the_field(spec, field, text):
@@ -128,6 +159,28 @@ def test_kv_routing_with_a_router_is_valid_and_defaults_match_the_scorers():
 
     graph = parse_graph(minimal(routing={"strategy": "kv"}, services={"router": {"replicas": 1}}))
     assert graph.spec.routing.strategy == "kv"
-    assert graph.spec.routing.kv.weights == DEFAULT_WEIGHTS
+    assert graph.spec.routing.kv.weights.as_dict() == DEFAULT_WEIGHTS
     assert graph.spec.routing.kv.temperature == 0.0
     assert graph.to_manifest()["spec"]["routing"]["kv"]["temperature"] == 0.0
+
+
+def test_scorer_names_are_one_list():
+    """The spec's enum, the weights model's fields and the router's scorer registry name the same
+    scorers: a scorer added to one and not the others would be unreachable or unconfigurable."""
+    from inference_graph.core.kv_scoring import SCORERS
+    from inference_graph.core.spec import KvScorerWeights, ScorerName
+
+    names = {"prefix_overlap", "kv_usage", "queue_depth", "inflight_prefill"}
+    assert {n.value for n in ScorerName} == names
+    assert set(KvScorerWeights.model_fields) == names
+    assert set(SCORERS) == names
+
+
+def test_weights_left_out_keep_their_default():
+    graph = parse_graph(minimal(routing={"kv": {"weights": {"queue_depth": 0}}}))
+    assert graph.spec.routing.kv.weights.as_dict() == {
+        "prefix_overlap": 1.0,
+        "kv_usage": 1.0,
+        "queue_depth": 0.0,
+        "inflight_prefill": 0.5,
+    }

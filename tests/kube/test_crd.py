@@ -147,8 +147,30 @@ def _agg() -> dict:
         (lambda s: s["engine"].update(blokSize=64), "spec.engine", "'blokSize' was unexpected"),
         (lambda s: s["model"].pop("source"), "spec.model", "'source' is a required property"),
         (lambda s: s["services"]["decode"].update(env={"A": 1}), "spec.services.decode.env.A", "not of type"),
+        (
+            lambda s: s["routing"].update(kv={"weights": {"prefx_overlap": 1.0}}),
+            "spec.routing.kv.weights",
+            "'prefx_overlap' was unexpected",
+        ),
+        (
+            lambda s: s["routing"].update(kv={"weights": {"kv_usage": -1}}),
+            "spec.routing.kv.weights.kv_usage",
+            "minimum of 0",
+        ),
     ],
-    ids=["replicas", "engine-type", "block-size", "kv-cache", "port", "strategy", "typo", "required", "env"],
+    ids=[
+        "replicas",
+        "engine-type",
+        "block-size",
+        "kv-cache",
+        "port",
+        "strategy",
+        "typo",
+        "required",
+        "env",
+        "scorer-typo",
+        "scorer-weight",
+    ],
 )
 def test_bad_specs_are_rejected_by_the_crd_schema(edit, field, text):
     manifest = _agg()

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from .. import wire
 from .kv_index import KvIndex
+from .spec import KvScorerWeights, ScorerName
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -57,12 +58,8 @@ __all__ = [
     "pick",
 ]
 
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "prefix_overlap": 1.0,
-    "kv_usage": 1.0,
-    "queue_depth": 0.3,
-    "inflight_prefill": 0.5,
-}
+# The spec's defaults: one definition of the router's default weights.
+DEFAULT_WEIGHTS: dict[str, float] = KvScorerWeights().as_dict()
 
 
 # ---------------------------------------------------------------- the per-request context
@@ -110,7 +107,7 @@ class Scorer(Protocol):
 class PrefixOverlapScorer:
     """Fraction of the request's full blocks the worker already holds as a prefix."""
 
-    name = "prefix_overlap"
+    name = ScorerName.PREFIX_OVERLAP
     consumes = frozenset({"block_hashes", "overlap"})
 
     def score(self, ctx: RequestContext, workers: Sequence[str]) -> dict[str, float]:
@@ -124,7 +121,7 @@ class PrefixOverlapScorer:
 class KvUsageScorer:
     """``1 - kv_usage``: prefer workers with free KV blocks."""
 
-    name = "kv_usage"
+    name = ScorerName.KV_USAGE
     consumes = frozenset({"load"})
 
     def score(self, ctx: RequestContext, workers: Sequence[str]) -> dict[str, float]:
@@ -144,7 +141,7 @@ class QueueDepthScorer:
     its whole prefill ahead of it).
     """
 
-    name = "queue_depth"
+    name = ScorerName.QUEUE_DEPTH
     consumes = frozenset({"load"})
 
     def __init__(self, waiting_weight: float = 1.0) -> None:
@@ -173,7 +170,7 @@ class InflightPrefillScorer:
     tokens (about one engine step's token budget) already score 0.
     """
 
-    name = "inflight_prefill"
+    name = ScorerName.INFLIGHT_PREFILL
     consumes = frozenset({"inflight"})
 
     def __init__(self, saturation_tokens: int = 8192) -> None:

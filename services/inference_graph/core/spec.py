@@ -135,24 +135,57 @@ class RoutingStrategy(enum.StrEnum):
     KV = "kv"
 
 
-# Mirrors core.kv_scoring.DEFAULT_WEIGHTS (tests/core/test_spec.py checks they agree); spec stays
-# free of the routing code so the operator can import it alone.
-DEFAULT_KV_WEIGHTS: dict[str, float] = {
-    "prefix_overlap": 1.0,
-    "kv_usage": 1.0,
-    "queue_depth": 0.3,
-    "inflight_prefill": 0.5,
-}
+class ScorerName(enum.StrEnum):
+    """The KV router's scorers, as named in ``routing.kv.weights`` and registered in
+    ``core.kv_scoring.SCORERS`` (a test holds the three equal)."""
+
+    PREFIX_OVERLAP = "prefix_overlap"
+    KV_USAGE = "kv_usage"
+    QUEUE_DEPTH = "queue_depth"
+    INFLIGHT_PREFILL = "inflight_prefill"
+
+
+def _weight(default: float, description: str) -> Any:
+    return Field(default=default, ge=0, allow_inf_nan=False, description=description)
+
+
+class KvScorerWeights(BaseModel):
+    """Weight (>= 0) of each scorer in the router's combined cost.
+
+    One field per ``ScorerName``, spelt as the scorer is (no camelCase alias), so the CRD lists the
+    allowed names and the API server rejects a misspelt one at apply time, naming it. The defaults
+    are the router's defaults (docs/benchmarks.md, KV routing on an oversubscribed cache).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix_overlap: float = _weight(1.0, "Share of the prompt's full blocks the worker already caches.")
+    kv_usage: float = _weight(1.0, "Free KV blocks on the worker (1 - kv_usage).")
+    queue_depth: float = _weight(0.3, "Running + waiting requests, min-max normalised across workers.")
+    inflight_prefill: float = _weight(
+        0.5, "Uncached prompt tokens this router sent recently that load reports do not show yet."
+    )
+
+    @model_validator(mode="after")
+    def _one_scorer_counts(self) -> KvScorerWeights:
+        if not any(self.as_dict().values()):
+            raise ValueError("at least one scorer needs a weight > 0")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        """``{scorer name: weight}``, the form ``core.kv_scoring.build_scorers`` takes."""
+        return {name.value: getattr(self, name.value) for name in ScorerName}
 
 
 class KvRoutingSpec(_Model):
     """Settings of the KV-aware router (``routing.strategy: kv``)."""
 
-    weights: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_KV_WEIGHTS),
+    weights: KvScorerWeights = Field(
+        default_factory=KvScorerWeights,
         description="Weight (>= 0) of each scorer in the combined cost: prefix_overlap (share of the "
         "prompt's blocks the worker already caches), kv_usage (free KV blocks), queue_depth "
-        "(running + waiting requests), inflight_prefill (uncached tokens this router sent recently).",
+        "(running + waiting requests), inflight_prefill (uncached tokens this router sent recently). "
+        "A scorer left out keeps its default weight; 0 turns it off.",
     )
     temperature: float = Field(
         default=0.0,

@@ -28,7 +28,7 @@ async def main(ctx: RoleContext) -> None:
     workers_client = EndpointClient(ctx.nc, ctx.namespace, Role.DECODE.value)
     router = RouterService(
         spec.engine.block_size,
-        spec.routing.kv.weights,
+        spec.routing.kv.weights.as_dict(),
         temperature=spec.routing.kv.temperature,
         fetch_snapshot=snapshot_fetcher(workers_client, spec.engine.block_size),
     )
