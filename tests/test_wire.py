@@ -14,8 +14,8 @@ from inference_graph import wire as w
 GOLDEN = [
     (
         "ErrorInfo",
-        "w.ErrorInfo(status=400, type='invalid_request_error', message='bad', param='max_tokens', code='x')",
-        "95cd0190b5696e76616c69645f726571756573745f6572726f72a3626164aa6d61785f746f6b656e73a178",
+        "w.ErrorInfo(status=503, type=w.ErrorType.SERVICE_UNAVAILABLE, message='gone', code='worker_lost', retryable=True)",
+        "96cd01f7b9736572766963655f756e617661696c61626c655f6572726f72a4676f6e65c0ab776f726b65725f6c6f7374c3",
     ),
     (
         "ResponseFrame",
@@ -83,8 +83,8 @@ GOLDEN = [
     ),
     (
         "PrefillResult",
-        "w.PrefillResult(request_id='r1', prefill_instance_id='p1', kv_transfer_params={'remote_port': 5600}, error=w.ErrorInfo(status=500, type='internal_error', message='x'))",
-        "94a27231a2703181ab72656d6f74655f706f7274cd15e095cd01f4ae696e7465726e616c5f6572726f72a178c0c0",
+        "w.PrefillResult(request_id='r1', prefill_instance_id='p1', kv_transfer_params={'remote_port': 5600}, error=w.ErrorInfo(status=500, type=w.ErrorType.SERVER_ERROR, message='x'))",
+        "94a27231a2703181ab72656d6f74655f706f7274cd15e096cd01f4ac7365727665725f6572726f72a178c0c0c2",
     ),
     (
         "PrefillReceipt",
@@ -139,3 +139,17 @@ PRE_DISAGGREGATION = [
 def test_messages_from_before_the_disaggregation_fields_decode(expr, golden):
     obj = eval(expr, {"w": w})
     assert w.decoder(type(obj)).decode(bytes.fromhex(golden)) == obj
+
+
+# An ErrorInfo from before ``retryable`` was appended (5 fields) still decodes, as not retryable.
+def test_an_error_from_before_the_retryable_field_decodes():
+    old = "95cd0190b5696e76616c69645f726571756573745f6572726f72a3626164aa6d61785f746f6b656e73a178"
+    info = w.decoder(w.ErrorInfo).decode(bytes.fromhex(old))
+    assert info == w.ErrorInfo(400, w.ErrorType.INVALID_REQUEST, "bad", param="max_tokens", code="x")
+    assert info.type is w.ErrorType.INVALID_REQUEST and info.retryable is False
+
+
+def test_an_error_type_outside_the_enum_does_not_decode():
+    invented = msgspec.msgpack.encode([503, "service_unavailable", "gone"])
+    with pytest.raises(msgspec.ValidationError, match="Invalid enum value"):
+        w.decoder(w.ErrorInfo).decode(invented)

@@ -37,17 +37,72 @@ class FrameKind(enum.IntEnum):
     ERROR = 3  # the stream failed; ``error`` says why; nothing follows
 
 
-class ErrorInfo(msgspec.Struct, **_STRUCT):
-    """An error with enough structure to become an OpenAI error body.
+class ErrorType(enum.StrEnum):
+    """The OpenAI error ``type`` of every error a client can see, and nothing else.
 
-    ``status`` is the HTTP status the frontend should return (400, 404, 503, 500...).
+    Values are the strings OpenAI's API sends; ``status`` is the HTTP status each
+    is sent with unless a case says otherwise, ``retryable`` whether the same
+    request may succeed later, and ``vllm`` the ``type`` vLLM's OpenAI server
+    sends for that status (the openai SDK's exception class name for it). The
+    table, with when each is used, is docs/errors.md.
+    """
+
+    INVALID_REQUEST = "invalid_request_error"  # 400; also 404 (unknown model or URL), 405, 422
+    RATE_LIMIT = "rate_limit_error"  # 429
+    SERVER_ERROR = "server_error"  # 500
+    SERVICE_UNAVAILABLE = "service_unavailable_error"  # 503; also 504 (a hop did not answer in time)
+
+    @property
+    def status(self) -> int:
+        return _ERROR_STATUS[self]
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ErrorType.RATE_LIMIT, ErrorType.SERVICE_UNAVAILABLE)
+
+    @property
+    def vllm(self) -> str:
+        return _VLLM_TYPE[self]
+
+    @classmethod
+    def for_status(cls, status: int) -> ErrorType:
+        """The type an error answered with HTTP ``status`` has (a 4xx or 5xx status)."""
+        if status == 429:
+            return cls.RATE_LIMIT
+        if status in (502, 503, 504):
+            return cls.SERVICE_UNAVAILABLE
+        return cls.SERVER_ERROR if status >= 500 else cls.INVALID_REQUEST
+
+
+_ERROR_STATUS = {
+    ErrorType.INVALID_REQUEST: 400,
+    ErrorType.RATE_LIMIT: 429,
+    ErrorType.SERVER_ERROR: 500,
+    ErrorType.SERVICE_UNAVAILABLE: 503,
+}
+_VLLM_TYPE = {
+    ErrorType.INVALID_REQUEST: "BadRequestError",
+    ErrorType.RATE_LIMIT: "Too Many Requests",
+    ErrorType.SERVER_ERROR: "InternalServerError",
+    ErrorType.SERVICE_UNAVAILABLE: "ServiceUnavailableError",
+}
+
+
+class ErrorInfo(msgspec.Struct, **_STRUCT):
+    """The one error frame: what a client will see, on every process boundary.
+
+    Built only by ``inference_graph.errors`` (``ServingError.info``). ``status``
+    is the HTTP status the frontend answers with; ``retryable`` whether the same
+    request may succeed later (an older peer leaves it False). An older peer
+    that sent a type outside ``ErrorType`` cannot be decoded.
     """
 
     status: int
-    type: str
+    type: ErrorType
     message: str
     param: str | None = None
     code: str | None = None
+    retryable: bool = False
 
 
 class ResponseFrame(msgspec.Struct, **_STRUCT):

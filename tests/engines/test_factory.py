@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inference_graph import errors
 from inference_graph.core.spec import EngineSpec
-from inference_graph.engines.errors import EngineRequestError
 from inference_graph.engines.factory import create_engine
 
 
@@ -38,14 +38,15 @@ async def test_block_size_must_suit_cpu():
         await engine.start()
 
 
-def test_request_error_to_wire():
-    err = EngineRequestError(400, "prompt too long", "messages")
-    info = err.to_error_info()
+def test_vllm_statuses_take_the_type_of_their_class():
+    err = errors.for_status(400, "prompt too long", "messages")
+    info = err.info
     assert (info.status, info.type, info.message, info.param) == (
         400,
         "invalid_request_error",
         "prompt too long",
         "messages",
     )
-    assert EngineRequestError(503, "down").type == "service_unavailable"
-    assert EngineRequestError(500, "boom").type == "internal_error"
+    assert errors.for_status(503, "down").type == "service_unavailable_error"
+    assert errors.for_status(500, "boom").type == "server_error"
+    assert errors.for_status(429, "busy").info.retryable

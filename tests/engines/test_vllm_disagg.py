@@ -81,7 +81,7 @@ async def test_an_unreachable_prefill_engine_fails_the_request_loudly(engines):
     )
     with pytest.raises(KvTransferError) as info:
         await tokens(decode, request)
-    assert info.value.status == 500 and info.value.type == "kv_transfer_error"
+    assert (info.value.status, info.value.type, info.value.code) == (500, "server_error", "kv_transfer_error")
 
 
 async def test_params_that_are_not_a_prefill_result_are_refused(engines):

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from inference_graph import wire
-from inference_graph.engines.errors import EngineRequestError
 from inference_graph.engines.vllm_engine import VllmEngine
+from inference_graph.errors import ServingError
 from support import eventually
 
 pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -98,7 +98,7 @@ async def test_logprobs(engine):
 
 
 async def test_prompt_longer_than_context_is_a_clear_error(engine):
-    with pytest.raises(EngineRequestError) as info:
+    with pytest.raises(ServingError) as info:
         await run(engine, "too-long", [7] * (MAX_MODEL_LEN + 10), greedy(4))
     assert info.value.status == 400
     assert "maximum model length" in info.value.message
@@ -106,7 +106,7 @@ async def test_prompt_longer_than_context_is_a_clear_error(engine):
 
 
 async def test_invalid_sampling_is_a_clear_error(engine):
-    with pytest.raises(EngineRequestError) as info:
+    with pytest.raises(ServingError) as info:
         await run(engine, "bad-temp", [1, 2, 3], wire.SamplingOptions(temperature=-1.0))
     assert info.value.status == 400
     assert "temperature" in info.value.message
@@ -196,6 +196,6 @@ async def test_shutdown_leaves_no_processes(engine):
     await engine.shutdown()
     _gone, alive = psutil.wait_procs(engine_children, timeout=10)
     assert not alive
-    with pytest.raises(EngineRequestError) as info:
+    with pytest.raises(ServingError) as info:
         await run(engine, "after-shutdown", [1, 2, 3], greedy(1))
     assert info.value.status == 503

@@ -6,8 +6,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from inference_graph import wire
-from inference_graph.roles.frontend import ModelCard, ProcessingError
+from inference_graph import errors, wire
+from inference_graph.roles.frontend import ModelCard
 
 MODEL = "test-model"
 MAX_MODEL_LEN = 128
@@ -93,8 +93,7 @@ class FakeDirectory:
 
 
 def processing_error(status: int, message: str, param: str | None = None, code: str | None = None):
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return ProcessingError(wire.ErrorInfo(status, kind, message, param, code))
+    return errors.for_status(status, message, param, code)
 
 
 def parse_sse(body: str) -> list[dict | str]:

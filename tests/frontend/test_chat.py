@@ -213,7 +213,12 @@ async def test_stream_error_after_start(client, fake):
     assert r.status_code == 200  # already committed
     events = parse_sse(r.text)
     assert events[-1] == {
-        "error": {"message": "worker lost", "type": "server_error", "param": None, "code": "worker_lost"}
+        "error": {
+            "message": "worker lost",
+            "type": "service_unavailable_error",
+            "param": None,
+            "code": "worker_lost",
+        }
     }
     assert "[DONE]" not in events
     assert events[1]["choices"][0]["delta"] == {"content": "Hel"}

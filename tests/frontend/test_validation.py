@@ -164,7 +164,7 @@ async def test_explicit_nulls_mean_defaults(client, fake):
     [
         (400, "messages", "context_length_exceeded", "invalid_request_error"),
         (400, "max_tokens", "context_length_exceeded", "invalid_request_error"),
-        (503, None, "worker_lost", "server_error"),
+        (503, None, "worker_lost", "service_unavailable_error"),
         (500, None, None, "server_error"),
     ],
 )

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from inference_graph import wire
-from inference_graph.processing import WorkerError
+from inference_graph.errors import server_error
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Script:
     token_ids: list[int]
     finish_reason: str = "length"
     stop_token_id: int | None = None
-    fail_after_frames: int | None = None  # raise WorkerError (or ``failure``) before this frame
+    fail_after_frames: int | None = None  # raise a server_error (or ``failure``) before this frame
     failure: BaseException | None = None
     num_cached_tokens: int = 0
     hang: bool = False  # never send the first frame
@@ -50,9 +50,7 @@ class FakeWorkers:
                 await asyncio.Event().wait()
             for number, chunk in enumerate(chunks):
                 if script.fail_after_frames == number:
-                    raise script.failure or WorkerError(
-                        wire.ErrorInfo(status=500, type="server_error", message="engine died")
-                    )
+                    raise script.failure or server_error("engine died")
                 last = number == len(chunks) - 1
                 completed = last
                 self.frames_sent[request.request_id] = number + 1

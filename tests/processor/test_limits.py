@@ -1,6 +1,6 @@
 import pytest
 
-from inference_graph.processing import ProcessingError
+from inference_graph.errors import ServingError
 from inference_graph.processing.limits import fit_max_tokens
 
 
@@ -27,7 +27,7 @@ def test_fits(kind, prompt, max_tokens, expected):
     ],
 )
 def test_does_not_fit(kind, prompt, max_tokens, param):
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         fit_max_tokens(kind, prompt, max_tokens, 128)
     info = caught.value.info
     assert (info.status, info.type, info.param, info.code) == (
@@ -40,6 +40,6 @@ def test_does_not_fit(kind, prompt, max_tokens, param):
 
 
 def test_message_mirrors_openai():
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         fit_max_tokens("chat", 58, 100, 128)
     assert "you requested 158 tokens (58 in the messages, 100 in the completion)" in caught.value.info.message

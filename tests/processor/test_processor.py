@@ -4,8 +4,8 @@ import collections
 import pytest
 
 from inference_graph import wire
+from inference_graph.errors import ServingError, server_error
 from inference_graph.processing import (
-    ProcessingError,
     Processor,
     RandomStrategy,
     RoundRobinStrategy,
@@ -187,9 +187,9 @@ async def test_random_spreads_across_instances(tiny):
 
 async def test_no_instances_is_503(tiny):
     processor, _ = make(tiny, Script([]), instances=())
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await collect(processor, chat())
-    assert (caught.value.info.status, caught.value.info.type) == (503, "service_unavailable")
+    assert (caught.value.status, caught.value.type) == (503, "service_unavailable_error")
 
 
 class UnreachableInstances(FakeWorkers):
@@ -224,7 +224,7 @@ async def test_all_workers_unreachable_is_503(tiny):
     processor = Processor(
         tiny, MAX_MODEL_LEN, "test-model", workers, StaticDirectory(["w-1", "w-2"]), RoundRobinStrategy()
     )
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await collect(processor, chat())
     assert caught.value.info.status == 503
     assert sorted(instance for _, instance in workers.calls) == ["w-1", "w-2"]
@@ -240,7 +240,7 @@ async def test_all_workers_unreachable_is_503(tiny):
 )
 async def test_context_length_errors(tiny, request_, param):
     processor, workers = make(tiny, Script([]))
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await collect(processor, request_)
     info = caught.value.info
     assert (info.status, info.param, info.code) == (400, param, "context_length_exceeded")
@@ -250,12 +250,10 @@ async def test_context_length_errors(tiny, request_, param):
 async def test_worker_error_mid_stream(tiny):
     processor, _ = make(tiny, Script(tiny.hf.encode(REPLY), fail_after_frames=2))
     frames = []
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         async for frame in processor.process(chat()):
             frames.append(frame)
-    assert frames and caught.value.info == wire.ErrorInfo(
-        status=500, type="server_error", message="engine died"
-    )
+    assert frames and caught.value.info == server_error("engine died").info
 
 
 async def test_lost_instance_is_503_and_other_choices_are_cancelled(tiny):
@@ -267,7 +265,7 @@ async def test_lost_instance_is_503_and_other_choices_are_cancelled(tiny):
         return Script(tiny.hf.encode(REPLY * 3))
 
     processor, workers = make(tiny, script)
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await collect(processor, chat(n=2))
     assert caught.value.info.status == 503 and "instance w-1 gone" in caught.value.info.message
     assert sorted(workers.cancelled) == ["req-0", "req-1"]
@@ -280,13 +278,13 @@ async def test_stream_ending_without_finish_is_an_error(tiny):
 
     processor, _ = make(tiny, Script([]))
     processor._workers = Truncated(lambda _: Script([]))
-    with pytest.raises(ProcessingError, match="without finishing"):
+    with pytest.raises(ServingError, match="without finishing"):
         await collect(processor, chat())
 
 
 async def test_stalled_worker_times_out(tiny):
     processor, workers = make(tiny, Script([], hang=True), stall_timeout=0.05)
-    with pytest.raises(ProcessingError, match="sent nothing") as caught:
+    with pytest.raises(ServingError, match="sent nothing") as caught:
         await collect(processor, chat())
     assert caught.value.info.status == 503 and workers.cancelled == ["req-0"]
 

@@ -1,7 +1,8 @@
 import pytest
 
 from inference_graph import wire
-from inference_graph.processing import ProcessingError, PromptTokenizer
+from inference_graph.errors import ServingError
+from inference_graph.processing import PromptTokenizer
 from inference_graph.processing import tokenization as tokenization_module
 
 MESSAGES = [
@@ -82,19 +83,19 @@ async def test_long_prompts_are_tokenized_off_the_loop(tiny, monkeypatch):
     ],
 )
 async def test_bad_prompts(tiny, request_, param, needle):
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await tiny.tokenize(request_)
     assert (caught.value.info.status, caught.value.info.param) == (400, param)
     assert needle in caught.value.info.message
 
 
 async def test_template_errors_are_client_errors(tiny):
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await tiny.tokenize(chat_request(chat_template_kwargs={}, messages=[]))
     assert caught.value.info.status == 400
     broken = PromptTokenizer(tiny.hf.__class__.from_pretrained(tiny.hf.name_or_path))
     broken.hf.chat_template = "{{ raise_exception('roles must alternate') }}"
-    with pytest.raises(ProcessingError) as caught:
+    with pytest.raises(ServingError) as caught:
         await broken.tokenize(chat_request())
     assert caught.value.info.param == "messages" and "roles must alternate" in caught.value.info.message
     broken.close()

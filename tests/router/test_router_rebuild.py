@@ -9,8 +9,8 @@ import pytest
 
 from inference_graph import wire
 from inference_graph.core.block_hash import hash_blocks
+from inference_graph.errors import ServingError
 from inference_graph.roles.router.service import RouterService
-from inference_graph.runtime.errors import RequestError
 from inference_graph.runtime.event_plane import join_chunks, snapshot_chunks
 
 pytestmark = pytest.mark.timeout(10)
@@ -60,9 +60,9 @@ async def test_decide_says_not_ready_until_the_snapshots_are_loaded_then_applies
     router = RouterService(BS, seed=0, fetch_snapshot=snaps)
     rebuild = asyncio.create_task(router.rebuild(["w-a", "w-b"]))
     await asyncio.sleep(0)
-    with pytest.raises(RequestError) as not_ready:
+    with pytest.raises(ServingError) as not_ready:
         await decide_frames(router, [*PREFIX, 7])
-    assert not_ready.value.info.status == 503
+    assert (not_ready.value.status, not_ready.value.type) == (503, "service_unavailable_error")
     router.on_kv_batch(batch("w-a", 5, [stored([11, 12], PREFIX[:32])]))  # covered by the snapshot
     router.on_kv_batch(batch("w-a", 6, [stored([13, 14], PREFIX[32:], parent=12)]))
     snaps.release.set()

@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import Engine
-from .errors import EngineRequestError
 
 if TYPE_CHECKING:
     from ..core.spec import EngineSpec, KvTransferSpec
     from ..settings import RuntimeSettings
 
-__all__ = ["EngineRequestError", "create_engine"]
+__all__ = ["create_engine"]
 
 
 def create_engine(

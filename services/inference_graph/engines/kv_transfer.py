@@ -13,7 +13,8 @@ and pulls the KV. The plug-in is the engine-specific part of that contract:
   blocks for ``tokens x kv_bytes_per_token / bandwidth`` seconds.
 
 A transfer that cannot be used raises ``KvTransferError`` (HTTP 500, type
-``kv_transfer_error``): a request never decodes from KV it did not receive.
+``server_error``, code ``kv_transfer_error``, retryable): a request never decodes
+from KV it did not receive.
 """
 
 from __future__ import annotations
@@ -23,17 +24,25 @@ import socket
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import ErrorType, ServingError, error_info
 from ..settings import Env, RuntimeSettings, export
-from .errors import EngineRequestError
 
 GB = 1e9
 
 
-class KvTransferError(EngineRequestError):
-    """The KV of a remote prefill could not be used; the request fails (never decodes garbage)."""
+class KvTransferError(ServingError):
+    """The KV of a remote prefill could not be used; the request fails (never decodes garbage).
+
+    Retryable: another prefill of the same request may transfer.
+    """
+
+    CODE = "kv_transfer_error"
 
     def __init__(self, message: str):
-        super().__init__(500, f"KV transfer failed: {message}", type="kv_transfer_error")
+        info = error_info(
+            ErrorType.SERVER_ERROR, f"KV transfer failed: {message}", code=self.CODE, retryable=True
+        )
+        super().__init__(info)
 
 
 class KvTransfer(Protocol):

@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import wire
+from ..errors import ServingError, service_unavailable
 from ..settings import Env, RuntimeSettings, export
 from .base import EngineInfo, EngineLoad
 from .child_guard import ChildGuard
-from .errors import EngineRequestError
 from .kv_transfer import KvTransferError, NixlTransfer
 from .vllm_kv_events import KvEventSubscriber
 from .vllm_outputs import map_error, sampling_params, to_output
@@ -297,7 +297,7 @@ class VllmEngine:
 
     def _require(self) -> AsyncLLM:
         if self._llm is None:
-            raise EngineRequestError(503, "the engine is not running", type="service_unavailable")
+            raise service_unavailable("the engine is not running")
         return self._llm
 
     def load(self) -> EngineLoad:
@@ -323,7 +323,7 @@ class VllmEngine:
                 if finished and request.phase == wire.Phase.PREFILL:
                     frame.kv_transfer_params = out.kv_transfer_params
                 yield frame
-        except EngineRequestError as exc:
+        except ServingError as exc:
             # With kv_load_failure_policy "fail", a KV load error finishes the request with "error".
             if request.phase == wire.Phase.DECODE and exc.status >= 500:
                 raise KvTransferError(f"the engine could not load the remote KV ({exc.message})") from exc

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import wire
-from .errors import EngineRequestError
+from .. import errors, wire
 
 if TYPE_CHECKING:
     from vllm import RequestOutput, SamplingParams
 
-# vLLM's finish reasons -> ours; "error" is raised as EngineRequestError(500).
+# vLLM's finish reasons -> ours; "error" is raised as a server_error (500).
 _FINISH = {"stop": "stop", "length": "length", "abort": "abort", "repetition": "stop"}
 
 
@@ -41,7 +40,7 @@ def sampling_params(opts: wire.SamplingOptions) -> SamplingParams:
             output_kind=RequestOutputKind.DELTA,
         )
     except Exception as exc:  # construction only validates: VLLMValidationError, ValueError
-        raise EngineRequestError(400, _message(exc), getattr(exc, "parameter", None)) from exc
+        raise errors.invalid_request(_message(exc), getattr(exc, "parameter", None)) from exc
 
 
 def _logprobs(token_ids: list[int], positions: Any, k: int) -> list[wire.TokenLogprob]:
@@ -70,7 +69,7 @@ def to_output(out: RequestOutput, num_prompt_tokens: int, num_logprobs: int | No
     if out.finished:
         reason = comp.finish_reason or "stop"
         if reason == "error":
-            raise EngineRequestError(500, "the engine failed the request (e.g. a KV transfer error)")
+            raise errors.server_error("the engine failed the request (e.g. a KV transfer error)")
         finish_reason = _FINISH.get(reason, "stop")
         if isinstance(comp.stop_reason, int):
             stop_token_id = comp.stop_reason
@@ -90,22 +89,22 @@ def to_output(out: RequestOutput, num_prompt_tokens: int, num_logprobs: int | No
 
 
 def map_error(exc: BaseException) -> BaseException:
-    """vLLM's request errors as ``EngineRequestError``; anything else unchanged."""
-    if isinstance(exc, EngineRequestError):
+    """vLLM's request errors as ``ServingError``; anything else unchanged."""
+    if isinstance(exc, errors.ServingError):
         return exc
     from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError
     from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     if isinstance(exc, VLLMNotFoundError):
-        return EngineRequestError(404, str(exc), getattr(exc, "parameter", None))
+        return errors.invalid_request(str(exc), getattr(exc, "parameter", None), status=404)
     if isinstance(exc, VLLMClientError):
-        return EngineRequestError(400, _message(exc), getattr(exc, "parameter", None))
+        return errors.invalid_request(_message(exc), getattr(exc, "parameter", None))
     if isinstance(exc, GracefulHTTPError):
-        return EngineRequestError(int(exc.http_status), str(exc))
+        return errors.for_status(int(exc.http_status), str(exc))
     if isinstance(exc, EngineDeadError):
-        return EngineRequestError(503, "the vLLM engine died", type="service_unavailable")
+        return errors.service_unavailable("the vLLM engine died")
     if isinstance(exc, EngineGenerateError):
-        return EngineRequestError(500, f"the vLLM engine failed the request: {exc.__cause__ or exc}")
+        return errors.server_error(f"the vLLM engine failed the request: {exc.__cause__ or exc}")
     return exc
 
 

@@ -10,7 +10,7 @@ here is pure logic over ``wire`` messages. ``remote`` holds the adapters of thos
 ``build`` assembles a processor from a graph.
 """
 
-from .errors import ProcessingError, WorkerError, WorkerUnreachable
+from .errors import WorkerUnreachable
 from .ports import WorkerClient, WorkerDirectory
 from .processor import Processor
 from .routing import (
@@ -27,7 +27,6 @@ from .tokenization import PromptTokenizer
 __all__ = [
     "STRATEGIES",
     "KvRouterStrategy",
-    "ProcessingError",
     "Processor",
     "PromptTokenizer",
     "RandomStrategy",
@@ -36,7 +35,6 @@ __all__ = [
     "RoutingStrategy",
     "WorkerClient",
     "WorkerDirectory",
-    "WorkerError",
     "WorkerUnreachable",
     "make_strategy",
 ]

@@ -9,11 +9,11 @@ client's and must fit, or the request fails with OpenAI's
 
 from __future__ import annotations
 
-from .errors import invalid_request
+from ..errors import invalid_request
 
 
 def fit_max_tokens(kind: str, prompt_tokens: int, max_tokens: int, max_model_len: int) -> int:
-    """The max_tokens to send to the worker; raises ``ProcessingError`` (400) if the request cannot fit."""
+    """The max_tokens to send to the worker; raises ``ServingError`` (400) if the request cannot fit."""
     where = "messages" if kind == "chat" else "prompt"
     if prompt_tokens >= max_model_len:
         raise invalid_request(

@@ -18,9 +18,9 @@ class WorkerClient(Protocol):
 
         The result is an async generator (it has ``aclose``). Closing it before
         the last frame (``aclose`` or task cancellation) must cancel the
-        worker's engine request. A worker-reported failure is raised as an
-        exception with an ``info: wire.ErrorInfo`` attribute (``WorkerError``);
-        a lost instance raises any other exception; neither may hang forever.
+        worker's engine request. A worker-reported failure is raised as a
+        ``ServingError`` (it reaches the client unchanged); a lost instance
+        raises a ``ServingError`` or any other exception; neither may hang forever.
         """
         ...
 

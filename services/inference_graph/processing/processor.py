@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import msgspec
 
 from .. import wire
+from ..errors import ServingError, invalid_request, service_unavailable
 from .choice import ChoiceOptions, ChoiceState
-from .errors import ProcessingError, WorkerUnreachable, invalid_request, service_unavailable
+from .errors import WorkerUnreachable
 from .limits import fit_max_tokens
 from .ports import WorkerClient, WorkerDirectory
 from .routing import RoutingStrategy
@@ -62,7 +63,7 @@ class Processor:
         self.tokenizer.close()
 
     async def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]:
-        """Stream the request's choices; raises ``ProcessingError`` (before or mid-stream)."""
+        """Stream the request's choices; raises ``ServingError`` (before or mid-stream)."""
         if request.n < 1:
             raise invalid_request("n must be at least 1.", param="n")
         prompt_ids = await self.tokenizer.tokenize(request)
@@ -154,7 +155,7 @@ class Processor:
     async def _next_output(
         self, stream: AsyncIterator[wire.GenerateOutput], instance: str
     ) -> wire.GenerateOutput:
-        """The worker's next frame, with every failure turned into a ``ProcessingError``."""
+        """The worker's next frame; every failure raises a ``ServingError`` (a worker's own unchanged)."""
         deadline = None
         try:
             if self._stall_timeout is None:  # no timer per frame when there is no limit
@@ -163,16 +164,13 @@ class Processor:
                 return await anext(stream)
         except StopAsyncIteration:
             raise service_unavailable(f"Worker {instance} ended the stream without finishing it.") from None
-        except (ProcessingError, WorkerUnreachable):
+        except ServingError:
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 raise service_unavailable(
                     f"Worker {instance} sent nothing for {self._stall_timeout} s; request abandoned."
                 ) from exc
-            info = getattr(exc, "info", None)
-            if isinstance(info, wire.ErrorInfo):
-                raise ProcessingError(info) from exc
             raise service_unavailable(f"Worker {instance} was lost: {exc!r}") from exc
 
     def _echo_text(self, request: wire.ProcessRequest, prompt_ids: list[int]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from .. import wire
-from .errors import invalid_request
+from ..errors import invalid_request
 
 log = logging.getLogger(__name__)
 

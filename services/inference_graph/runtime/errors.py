@@ -1,57 +1,46 @@
-"""Exceptions raised by the runtime, as one tree so callers can catch at the right level.
+"""Exceptions raised by the runtime: ``ServingError``s with a fixed type each.
 
 ::
 
-    RuntimeErrorBase                  anything the runtime raises on purpose
-    +-- RequestError(info)            raised BY a handler: becomes an ERROR frame with ``info``
-    +-- RemoteError(info)             the serving side sent an ERROR frame
-    +-- NoRespondersError(subject)    nobody subscribes to the request subject
-    +-- RequestTimeoutError(...)      no ACK in time, or a gap between frames too long
-    +-- InstanceLostError(id)         the serving instance left discovery mid-stream
-    +-- ProtocolError(...)            a frame out of order or undecodable
-    +-- ClientClosedError             the EndpointClient was closed mid-stream
-    +-- DiscoveryUnavailableError     no etcd endpoint answered
+    ServingError (inference_graph.errors)
+    +-- RuntimeErrorBase                  anything the runtime raises on purpose
+        +-- RemoteError(info)             the serving side sent an ERROR frame: its ``info``
+        +-- NoRespondersError(subject)    nobody subscribes to the request subject     503
+        +-- RequestTimeoutError(...)      no ACK in time, or a gap between frames too long 504
+        +-- InstanceLostError(id)         the serving instance left discovery mid-stream 503
+        +-- ClientClosedError             the EndpointClient was closed mid-stream      503
+        +-- DiscoveryUnavailableError     no etcd endpoint answered                     503
+        +-- ProtocolError(...)            a frame out of order or undecodable           500
 
-``RequestError`` and ``RemoteError`` both carry a ``wire.ErrorInfo`` so the HTTP
-status, OpenAI error type and message survive every hop unchanged: a handler on
-the worker raises ``RequestError(ErrorInfo(400, ...))``, the processor receives
-``RemoteError`` with the same info, and may re-raise it as ``RequestError`` to
-pass it on to the frontend.
+The numbers are the HTTP status each answers with: ``service_unavailable_error``
+for all but ``ProtocolError`` (``server_error``). A handler fails a request by
+raising any ``ServingError``: the server sends its ``info`` in an ERROR frame and
+the caller's stream raises ``RemoteError`` with the same info, so the type,
+status, message and param survive every hop unchanged.
 """
 
 from __future__ import annotations
 
 from .. import wire
+from ..errors import ErrorType, ServingError, error_info
 
 
-class RuntimeErrorBase(Exception):
-    """Base of every error the runtime raises on purpose."""
+class RuntimeErrorBase(ServingError):
+    """Base of every error the runtime raises on purpose; ``TYPE`` and ``STATUS`` fix its info."""
 
+    TYPE = ErrorType.SERVICE_UNAVAILABLE
+    STATUS = 503
 
-class RequestError(RuntimeErrorBase):
-    """Raised by an endpoint handler to fail a request with a structured error."""
-
-    def __init__(self, info: wire.ErrorInfo):
-        self.info = info
-        super().__init__(f"{info.status} {info.type}: {info.message}")
-
-    @classmethod
-    def of(cls, status: int, type_: str, message: str, **kwargs: str | None) -> RequestError:
-        """Shorthand: ``RequestError.of(400, "invalid_request_error", "bad prompt")``."""
-        return cls(wire.ErrorInfo(status=status, type=type_, message=message, **kwargs))
+    def __init__(self, message: str) -> None:
+        super().__init__(error_info(self.TYPE, message, status=self.STATUS))
 
 
 class RemoteError(RuntimeErrorBase):
-    """The serving instance ended the stream with an ERROR frame."""
+    """The serving instance ended the stream with an ERROR frame; ``info`` is the frame's."""
 
     def __init__(self, info: wire.ErrorInfo, instance_id: str = ""):
-        self.info = info
+        ServingError.__init__(self, info)
         self.instance_id = instance_id
-        super().__init__(f"{info.status} {info.type}: {info.message}")
-
-    @property
-    def status(self) -> int:
-        return self.info.status
 
 
 class NoRespondersError(RuntimeErrorBase):
@@ -64,6 +53,8 @@ class NoRespondersError(RuntimeErrorBase):
 
 class RequestTimeoutError(RuntimeErrorBase):
     """A deadline passed: ``phase`` is ``"ack"`` (nobody accepted) or ``"idle"`` (stream stalled)."""
+
+    STATUS = 504
 
     def __init__(self, subject: str, phase: str, timeout: float, instance_id: str = ""):
         self.subject = subject
@@ -83,6 +74,9 @@ class InstanceLostError(RuntimeErrorBase):
 
 class ProtocolError(RuntimeErrorBase):
     """A frame arrived out of order, twice, or could not be decoded."""
+
+    TYPE = ErrorType.SERVER_ERROR
+    STATUS = 500
 
     def __init__(self, subject: str, detail: str):
         self.subject = subject

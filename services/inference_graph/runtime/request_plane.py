@@ -44,6 +44,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .. import wire
+from ..errors import ServingError, server_error, service_unavailable
 from . import names
 from .errors import (
     ClientClosedError,
@@ -51,7 +52,6 @@ from .errors import (
     NoRespondersError,
     ProtocolError,
     RemoteError,
-    RequestError,
     RequestTimeoutError,
 )
 
@@ -186,13 +186,12 @@ class EndpointServer:
             await self._send(reply, wire.ResponseFrame(_FrameKind.END, seq))
         except asyncio.CancelledError:
             if reply not in self._cancelled_by_caller:  # we are stopping: tell the caller
-                info = wire.ErrorInfo(503, "service_unavailable", "instance is shutting down")
-                await self._send_error(reply, seq, info)
-        except RequestError as exc:
+                await self._send_error(reply, seq, service_unavailable("instance is shutting down").info)
+        except ServingError as exc:
             await self._send_error(reply, seq, exc.info)
         except Exception as exc:
             log.exception("handler failed for %s", reply)
-            await self._send_error(reply, seq, wire.ErrorInfo(500, "internal_error", str(exc) or repr(exc)))
+            await self._send_error(reply, seq, server_error(str(exc) or repr(exc)).info)
 
     async def _send_error(self, reply: str, seq: int, info: wire.ErrorInfo) -> None:
         with contextlib.suppress(Exception):  # the connection may be gone; nothing else to do
@@ -436,7 +435,7 @@ class EndpointClient:
     def _raise_unexpected(self, st: _Stream, frame: wire.ResponseFrame, wanted: str) -> None:
         if frame.kind == _FrameKind.ERROR:
             st.finished = True
-            info = frame.error or wire.ErrorInfo(500, "internal_error", "ERROR frame without info")
+            info = frame.error or server_error("ERROR frame without info").info
             raise RemoteError(info, st.instance_id or frame.instance_id)
         raise ProtocolError(st.subject, f"got {frame.kind.name} seq {frame.seq}, wanted {wanted}")
 

@@ -153,7 +153,7 @@ async def test_unusable_transfer_params_fail_the_request_loudly(pair, params):
     )
     with pytest.raises(KvTransferError) as info:
         await anext(decode.generate(request))
-    assert info.value.status == 500 and info.value.type == "kv_transfer_error"
+    assert (info.value.status, info.value.type, info.value.code) == (500, "server_error", "kv_transfer_error")
 
 
 async def test_an_engine_without_transfer_refuses_disaggregated_phases(make_engine):

@@ -8,9 +8,9 @@ import pytest
 
 from inference_graph import wire
 from inference_graph.core.spec import EngineSpec, MockerSpec
-from inference_graph.engines.errors import EngineRequestError
 from inference_graph.engines.factory import create_engine
 from inference_graph.engines.mocker import MockerEngine
+from inference_graph.errors import ServingError
 from support import eventually
 
 BS = 16
@@ -146,7 +146,7 @@ async def test_stop_tokens_eos_and_logprobs(make_engine):
 )
 async def test_bad_requests_are_400(make_engine, prompt, sampling, message):
     engine = await make_engine()
-    with pytest.raises(EngineRequestError) as info:
+    with pytest.raises(ServingError) as info:
         await run(engine, "bad", prompt, sampling)
     assert info.value.status == 400
     assert message in info.value.message
@@ -236,10 +236,10 @@ async def test_shutdown_fails_streams_and_refuses_requests(make_engine):
     stream = engine.generate(wire.GenerateRequest("live", list(range(10, 100)), greedy(1000)))
     await anext(stream)
     await engine.shutdown()
-    with pytest.raises(EngineRequestError) as info:
+    with pytest.raises(ServingError) as info:
         await anext(stream)
     assert info.value.status == 503
-    with pytest.raises(EngineRequestError) as info:
+    with pytest.raises(ServingError) as info:
         await run(engine, "after", [1, 2, 3], greedy(1))
     assert info.value.status == 503
 

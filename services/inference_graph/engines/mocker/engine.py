@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ... import wire
+from ...errors import ServingError, invalid_request, server_error, service_unavailable
 from ..base import EngineInfo, EngineLoad
-from ..errors import EngineRequestError
 from ..kv_transfer import KvTransferError, SimulatedTransfer
 from .kv_cache import KvCache
 from .scheduler import Scheduler, Sequence, Status
@@ -161,7 +161,7 @@ class MockerEngine:
                 await task
             except asyncio.CancelledError:
                 pass
-        self._fail_all(EngineRequestError(503, "the engine shut down", type="service_unavailable"))
+        self._fail_all(service_unavailable("the engine shut down"))
         self._events_signal.set()  # ends kv_events() iterations
 
     # ------------------------------------------------------------ interface
@@ -239,7 +239,7 @@ class MockerEngine:
 
     def _require(self) -> Scheduler:
         if self.scheduler is None or self._closed:
-            raise EngineRequestError(503, "the engine is not running", type="service_unavailable")
+            raise service_unavailable("the engine is not running")
         return self.scheduler
 
     def _abort(self, seq: Sequence) -> None:
@@ -267,7 +267,7 @@ class MockerEngine:
     def _sequence(self, request: wire.GenerateRequest) -> Sequence:
         assert self.vocab is not None
         if request.request_id in self._seqs:
-            raise EngineRequestError(400, f"request id {request.request_id!r} is already running")
+            raise invalid_request(f"request id {request.request_id!r} is already running")
         _validate(request, self.max_model_len, self.vocab.vocab_size)
         opts = request.sampling
         if request.phase != wire.Phase.AGGREGATED:
@@ -301,7 +301,7 @@ class MockerEngine:
         except Exception as exc:  # a bug: fail every request loudly rather than hang them
             log.exception("mocker step loop failed")
             self._closed = True
-            self._fail_all(EngineRequestError(500, f"the simulated engine failed: {exc}"))
+            self._fail_all(server_error(f"the simulated engine failed: {exc}"))
             self._events_signal.set()
 
     async def _steps(self) -> None:
@@ -387,8 +387,8 @@ class MockerEngine:
             seq.sink.wake()
 
 
-def _bad(message: str, param: str | None = None) -> EngineRequestError:
-    return EngineRequestError(400, message, param)
+def _bad(message: str, param: str | None = None) -> ServingError:
+    return invalid_request(message, param)
 
 
 def _validate(request: wire.GenerateRequest, max_model_len: int, vocab_size: int) -> None:

@@ -6,7 +6,6 @@ the runtime wires to NATS and etcd and tests replace with in-memory doubles.
 """
 
 from .app import create_app
-from .errors import ApiError, ProcessingError
 from .ports import ModelCard, ModelDirectory, ProcessorClient
 
-__all__ = ["ApiError", "ModelCard", "ModelDirectory", "ProcessingError", "ProcessorClient", "create_app"]
+__all__ = ["ModelCard", "ModelDirectory", "ProcessorClient", "create_app"]

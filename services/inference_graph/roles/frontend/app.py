@@ -15,12 +15,11 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response
 
-from inference_graph import wire
-
+from ...errors import ServingError, invalid_request
 from . import openai_types as oa
 from . import responses
 from .convert import decode_chat, decode_completion, lookup_model, prepare_chat, prepare_completion
-from .errors import INVALID_REQUEST, ApiError, error_response, install_handlers
+from .errors import error_response, install_handlers
 from .metrics import CONTENT_TYPE_LATEST, FrontendMetrics
 from .ports import ModelCard, ModelDirectory, ProcessorClient
 from .sse import DeferredResponse
@@ -79,7 +78,7 @@ async def _generate(request: Request, endpoint: str) -> Response:
         else:
             parsed = decode_completion(body)
             prep = prepare_completion(parsed, lookup_model(directory, parsed.model))
-    except ApiError as exc:
+    except ServingError as exc:
         known = parsed is not None and parsed.model in directory.models()
         metrics.count(endpoint, parsed.model if known and parsed else "", exc.info.status)
         return error_response(exc.info)
@@ -114,7 +113,7 @@ async def get_model(request: Request, model: str) -> Response:
     card = request.app.state.directory.models().get(model)
     if card is None:
         message = f"The model `{model}` does not exist."
-        return error_response(wire.ErrorInfo(404, INVALID_REQUEST, message, "model", "model_not_found"))
+        return error_response(invalid_request(message, "model", "model_not_found", status=404).info)
     return _json(_model_object(card))
 
 

@@ -2,7 +2,7 @@
 
 Everything that can be checked without the prompt's token count is checked
 here; "prompt + max_tokens exceeds the context" is the processor's to detect
-(it tokenizes) and comes back as a ``ProcessingError`` with status 400.
+(it tokenizes) and comes back as a ``ServingError`` with status 400.
 
 ``max_tokens`` contract: when the client gives none, the request carries the
 model's ``max_model_len`` and the processor clamps it to
@@ -20,8 +20,9 @@ import msgspec
 
 from inference_graph import wire
 
+from ...errors import invalid_request, service_unavailable
 from . import openai_types as oa
-from .errors import INVALID_REQUEST, UNAVAILABLE, ApiError, from_decode_error, invalid_request
+from .errors import from_decode_error
 from .ports import ModelCard, ModelDirectory
 
 MAX_PROMPTS = 256  # prompts in one batched completion request
@@ -63,24 +64,11 @@ def decode_completion(body: bytes) -> oa.CompletionRequest:
 def lookup_model(directory: ModelDirectory, name: str) -> ModelCard:
     card = directory.models().get(name)
     if card is None:
-        raise ApiError(
-            wire.ErrorInfo(
-                404,
-                INVALID_REQUEST,  # as OpenAI answers an unknown model
-                f"The model `{name}` does not exist.",
-                "model",
-                "model_not_found",
-            )
-        )
+        # as OpenAI answers an unknown model
+        raise invalid_request(f"The model `{name}` does not exist.", "model", "model_not_found", status=404)
     if not card.ready:
-        raise ApiError(
-            wire.ErrorInfo(
-                503,
-                UNAVAILABLE,
-                f"The model `{name}` has no ready worker; retry later.",
-                "model",
-                "model_not_ready",
-            )
+        raise service_unavailable(
+            f"The model `{name}` has no ready worker; retry later.", "model_not_ready", param="model"
         )
     return card
 

@@ -1,8 +1,12 @@
-"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""The one place an error becomes HTTP: OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
 
 Every failure the frontend answers with, whether found here (validation, unknown
-model) or raised by the processor, is a ``wire.ErrorInfo``; exceptions carry it
-as ``.info``.
+model) or raised by the processor, a worker or the request plane, is an
+``inference_graph.errors.ServingError``; its ``info`` gives the HTTP status and
+the body. A non-streaming request gets the body with that status; a streaming
+one whose headers are sent gets the same body as its last SSE event
+(``data: {"error": ...}``). Anything else is a bug, answered as ``server_error``
+(500). docs/errors.md has the table of types.
 """
 
 from __future__ import annotations
@@ -17,38 +21,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from inference_graph import wire
+from inference_graph.errors import ErrorType, ServingError, error_info, invalid_request, server_error
 
 log = logging.getLogger(__name__)
 
-INVALID_REQUEST = "invalid_request_error"
-NOT_FOUND = "not_found_error"
-SERVER_ERROR = "server_error"
-UNAVAILABLE = "service_unavailable_error"
-
-
-class ApiError(Exception):
-    """An error that becomes an OpenAI error response; ``info`` says which."""
-
-    def __init__(self, info: wire.ErrorInfo) -> None:
-        super().__init__(info.message)
-        self.info = info
-
-
-class ProcessingError(ApiError):
-    """Raised by a ``ProcessorClient`` when the processor or a worker failed the request."""
-
-
-def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(wire.ErrorInfo(400, INVALID_REQUEST, message, param, code))
-
 
 def info_of(exc: BaseException) -> wire.ErrorInfo:
-    """The ``ErrorInfo`` an exception carries, or a generic 500 for anything else."""
-    info = getattr(exc, "info", None)
-    if isinstance(info, wire.ErrorInfo):
-        return info
+    """The ``ErrorInfo`` of a ``ServingError``, or a generic 500 for anything else."""
+    if isinstance(exc, ServingError):
+        return exc.info
     log.error("unexpected error while serving a request", exc_info=exc)
-    return wire.ErrorInfo(500, SERVER_ERROR, "The server had an error while processing your request.")
+    return server_error("The server had an error while processing your request.").info
 
 
 class _ErrorDetail(msgspec.Struct):
@@ -66,7 +49,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 def error_bytes(info: wire.ErrorInfo) -> bytes:
-    return _encode(_ErrorBody(_ErrorDetail(info.message, info.type, info.param, info.code)))
+    """The OpenAI error body (also the payload of a stream's error event)."""
+    return _encode(_ErrorBody(_ErrorDetail(info.message, info.type.value, info.param, info.code)))
 
 
 def error_response(info: wire.ErrorInfo) -> Response:
@@ -81,7 +65,7 @@ _AT = re.compile(r"^(?P<msg>.*) - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 
 
-def from_decode_error(exc: msgspec.DecodeError) -> ApiError:
+def from_decode_error(exc: msgspec.DecodeError) -> ServingError:
     """Map a msgspec decode failure to a 400 naming the offending field."""
     if not isinstance(exc, msgspec.ValidationError):
         return invalid_request(f"The request body is not valid JSON: {exc}")
@@ -111,22 +95,19 @@ def install_handlers(app: FastAPI) -> None:
             message = f"Method {request.method} is not allowed for {request.url.path}"
         else:
             message = str(exc.detail)
-        kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
-        response = error_response(wire.ErrorInfo(exc.status_code, kind, message))
+        info = error_info(ErrorType.for_status(exc.status_code), message, status=exc.status_code)
+        response = error_response(info)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
 
     async def validation_error(request: Request, exc: Exception) -> Response:
-        return error_response(wire.ErrorInfo(422, INVALID_REQUEST, str(exc)))
+        return error_response(invalid_request(str(exc), status=422).info)
 
-    async def api_error(request: Request, exc: Exception) -> Response:
-        return error_response(info_of(exc))
-
-    async def server_error(request: Request, exc: Exception) -> Response:
+    async def any_error(request: Request, exc: Exception) -> Response:
         return error_response(info_of(exc))
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(Exception, server_error)
+    app.add_exception_handler(ServingError, any_error)
+    app.add_exception_handler(Exception, any_error)

@@ -33,10 +33,11 @@ class ProcessorClient(Protocol):
 
     ``process`` returns an async iterator (usually an async generator) of
     ``ProcessOutput`` frames; frames of different choices (``n > 1``) may be
-    interleaved and carry their ``index``. Failures are raised as an exception
-    with an ``info: wire.ErrorInfo`` attribute (``errors.ProcessingError``):
-    e.g. status 400 with param ``messages``/``prompt``/``max_tokens`` when the
-    prompt does not fit the context, 503/500 when the worker is lost.
+    interleaved and carry their ``index``. Failures are raised as
+    ``inference_graph.errors.ServingError``: e.g. ``invalid_request_error``
+    (400) with param ``messages``/``prompt``/``max_tokens`` when the prompt
+    does not fit the context, ``service_unavailable_error`` (503) when the
+    worker is lost.
 
     The frontend closes the iterator early (``aclose()``, or cancellation of a
     pending ``__anext__``) when the HTTP client goes away: the implementation

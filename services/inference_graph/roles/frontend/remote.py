@@ -9,10 +9,10 @@ import msgspec
 
 from ... import wire
 from ...core.spec import Role
+from ...errors import ServingError, service_unavailable
 from ...runtime.discovery import InstanceWatch
 from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError
 from ...runtime.request_plane import EndpointClient
-from .errors import ProcessingError
 from .ports import ModelCard
 
 PROCESS_ENDPOINT = "process"
@@ -45,9 +45,7 @@ class NatsProcessorClient:
         except InstanceLostError as exc:
             raise _unavailable(f"The processor serving this request ({exc.instance_id}) stopped.") from None
         except RequestTimeoutError as exc:
-            raise ProcessingError(
-                wire.ErrorInfo(504, "timeout", f"The processor did not answer: {exc}")
-            ) from None
+            raise service_unavailable(f"The processor did not answer: {exc}", status=504) from None
 
 
 def merge_outputs(outputs: list[wire.ProcessOutput]) -> list[wire.ProcessOutput]:
@@ -79,8 +77,8 @@ def merge_outputs(outputs: list[wire.ProcessOutput]) -> list[wire.ProcessOutput]
     return merged
 
 
-def _unavailable(message: str) -> ProcessingError:
-    return ProcessingError(wire.ErrorInfo(503, "service_unavailable", message))
+def _unavailable(message: str) -> ServingError:
+    return service_unavailable(message)
 
 
 class DiscoveryModelDirectory:

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 
 from ... import wire
 from ...core.spec import Role
-from ...processing import ProcessingError, Processor
+from ...processing import Processor
 from ...processing.build import running_processor
-from ...runtime.errors import RequestError
 from ...runtime.request_plane import EndpointServer
 from ...settings import FIXED
 from ..bootstrap import RoleContext, run_role
@@ -23,12 +22,10 @@ def make_handler(processor: Processor):
 
     async def handle(payload: bytes) -> AsyncIterator[bytes]:
         request = decode(payload)
-        try:
-            async with contextlib.aclosing(processor.process(request)) as outputs:
-                async for output in outputs:
-                    yield encode(output)
-        except ProcessingError as exc:
-            raise RequestError(exc.info) from None
+        # A ServingError (a bad request, no worker, a worker's error) reaches the frontend as it is.
+        async with contextlib.aclosing(processor.process(request)) as outputs:
+            async for output in outputs:
+                yield encode(output)
 
     return handle
 

@@ -38,8 +38,8 @@ from nats.aio.subscription import Subscription
 from ... import wire
 from ...core.kv_index import KvIndex, ResyncNeeded
 from ...core.kv_scoring import Decision, InflightPrefill, KvPolicy
+from ...errors import invalid_request, service_unavailable
 from ...runtime import event_plane
-from ...runtime.errors import RequestError
 from ...runtime.request_plane import EndpointClient
 from .metrics import RouterMetrics
 
@@ -213,13 +213,9 @@ class RouterService:
         async def handle(payload: bytes) -> AsyncIterator[bytes]:
             request = decode(payload)
             if not request.workers:
-                raise RequestError(wire.ErrorInfo(400, "invalid_request_error", "no candidate workers"))
+                raise invalid_request("no candidate workers")
             if not self.ready:
-                raise RequestError(
-                    wire.ErrorInfo(
-                        NOT_READY_STATUS, "service_unavailable", "router is rebuilding its KV index"
-                    )
-                )
+                raise service_unavailable("router is rebuilding its KV index", status=NOT_READY_STATUS)
             decision = self.decide(request.token_ids, request.workers)
             yield encode(
                 wire.RouteDecision(decision.worker, decision.expected_hit_tokens, decision.overlap_blocks)

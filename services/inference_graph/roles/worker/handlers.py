@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 
 from ... import wire
 from ...engines.base import Engine
-from ...engines.errors import EngineRequestError
-from ...runtime.errors import RequestError
 
 GENERATE_ENDPOINT = "generate"
 
@@ -24,11 +22,9 @@ def make_generate_handler(engine: Engine):
 
     async def generate(payload: bytes) -> AsyncIterator[bytes]:
         request = decode(payload)
-        try:
-            async with contextlib.aclosing(engine.generate(request)) as outputs:
-                async for output in outputs:
-                    yield encode(output)
-        except EngineRequestError as exc:  # a request the engine refused: status and param reach the client
-            raise RequestError(exc.to_error_info()) from None
+        # A ServingError the engine raises (a refused request) reaches the client as it is.
+        async with contextlib.aclosing(engine.generate(request)) as outputs:
+            async for output in outputs:
+                yield encode(output)
 
     return generate

@@ -29,7 +29,8 @@ from nats.aio.client import Client as NATS
 
 from ... import wire
 from ...engines.base import Engine
-from ...engines.errors import EngineRequestError
+from ...engines.kv_transfer import KvTransferError
+from ...errors import ServingError
 from ...runtime.prefill_queue import Delivery, PrefillQueue
 from .remote_prefill import prefill_done_subject
 
@@ -129,12 +130,10 @@ class PrefillWorker:
             async with contextlib.aclosing(self.engine.generate(engine_request)) as outputs:
                 async for output in outputs:
                     params = output.kv_transfer_params or params
-        except EngineRequestError as exc:
-            return wire.PrefillResult(request.request_id, self.instance_id, error=exc.to_error_info())
+        except ServingError as exc:
+            return wire.PrefillResult(request.request_id, self.instance_id, error=exc.info)
         if params is None:
-            info = wire.ErrorInfo(
-                500, "kv_transfer_error", "the prefill engine returned no kv_transfer_params"
-            )
+            info = KvTransferError("the prefill engine returned no kv_transfer_params").info
             return wire.PrefillResult(request.request_id, self.instance_id, error=info)
         self.prefilled += 1
         return wire.PrefillResult(request.request_id, self.instance_id, kv_transfer_params=params)
