@@ -10,13 +10,12 @@ from collections import Counter
 import nats
 import pytest
 
-from inference_graph import wire
+from inference_graph import errors, wire
 from inference_graph.runtime.errors import (
     InstanceLostError,
     NoRespondersError,
     ProtocolError,
     RemoteError,
-    RequestError,
     RequestTimeoutError,
 )
 from inference_graph.runtime.request_plane import EndpointClient, EndpointServer
@@ -106,11 +105,11 @@ async def test_load_balanced_spreads_and_directed_reaches_instance(servers, clie
 
 
 async def test_error_frames_carry_error_info(servers, client):
-    info = wire.ErrorInfo(400, "invalid_request_error", "prompt too long", param="prompt", code="ctx")
+    info = errors.invalid_request("prompt too long", param="prompt", code="ctx").info
 
     async def bad_request(payload: bytes):
         yield b"partial"
-        raise RequestError(info)
+        raise errors.ServingError(info)
 
     async def crash(payload: bytes):
         raise ValueError("kaboom")
@@ -126,7 +125,7 @@ async def test_error_frames_carry_error_info(servers, client):
 
     with pytest.raises(RemoteError) as exc:
         await collect(client, "crash", b"")
-    assert exc.value.info.status == 500 and "kaboom" in exc.value.info.message
+    assert (exc.value.status, exc.value.type) == (500, "server_error") and "kaboom" in exc.value.message
 
 
 async def test_no_responders_fails_fast(servers, client):
@@ -286,7 +285,7 @@ async def test_stream_batches_groups_frames_that_already_arrived(client, nc, nam
     """Frames queued before the caller reads come as one list, in order; END or ERROR
     behind them comes after them; a caller that keeps up gets one payload per list."""
     enc = wire.encoder.encode
-    info = wire.ErrorInfo(400, "invalid_request_error", "bad")
+    info = errors.invalid_request("bad").info
 
     release = asyncio.Event()  # the server sends frame 1, then the rest once the caller has read it
 
