@@ -22,7 +22,7 @@ from ...runtime.event_plane import KV_SNAPSHOT_ENDPOINT, EventPublisher
 from ...runtime.request_plane import EndpointServer
 from ...settings import FIXED
 from ..bootstrap import RoleContext
-from .disaggregation import Disaggregation
+from . import disaggregation
 from .handlers import GENERATE_ENDPOINT, make_generate_handler
 from .kv_snapshot import KvMirror
 
@@ -41,7 +41,7 @@ class WorkerInstance:
         self._background: list[asyncio.Task] = []
         self._registration: Registration | None = None
         self._registered: wire.InstanceInfo | None = None
-        self._disagg = Disaggregation.create(ctx, engine, instance_id)  # None unless disaggregated
+        self._disagg = disaggregation.for_worker(ctx, engine, instance_id)  # None unless disaggregated
 
     async def start(self) -> None:
         """Serve, publish events, then register: routing never sees an instance that cannot serve."""
