@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 
 import pytest
 
 from inference_graph import wire
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.embedded import EmbeddedEtcd
+from support import eventually
 
 TTL = 2
 
@@ -39,13 +39,14 @@ async def test_register_appears_and_revoke_removes_at_once(discovery, namespace)
     assert watch.instances["a"].component == "decode"
     before = watch.instances
 
-    t0 = time.monotonic()
+    lease_id = reg.lease_id
     await reg.revoke()
+    # Immediate, not a TTL expiry: once revoke() returns the lease and its keys are gone from etcd.
+    assert (await discovery._client.get_lease_info(lease_id)).TTL == -1
+    assert await discovery.list_instances(namespace) == {}
     await watch.wait_for(lambda s: "a" not in s, timeout=1)
-    assert time.monotonic() - t0 < 0.5  # revoke is immediate, not a TTL expiry
     assert "a" in before  # snapshots are replaced, never mutated
     assert rec.events == [("added", "a"), ("removed", "a")]
-    assert await discovery.list_instances(namespace) == {}
     await watch.close()
 
 
@@ -65,9 +66,21 @@ async def test_stopped_keepalive_expires_after_ttl(discovery, namespace):
     reg = await discovery.register(info(namespace, "a"), ttl=TTL)
     await watch.wait_for(lambda s: "a" in s, timeout=2)
     reg.stop_keepalive()
-    t0 = time.monotonic()
-    await asyncio.wait_for(removed.wait(), timeout=TTL + 3)
-    assert TTL - 0.5 < time.monotonic() - t0 < TTL + 2
+    lease = await discovery._client.get_lease_info(reg.lease_id)
+    # Stopping the keepalive revokes nothing: the lease (granted for TTL) and the keys stay ...
+    assert lease.grantedTTL == TTL and 0 < lease.TTL <= TTL
+    assert set(await discovery.list_instances(namespace)) == {"a"} and not removed.is_set()
+    # ... and the lease only counts down (nothing refreshes it) until etcd expires it.
+    remaining = [lease.TTL]
+
+    async def remaining_ttl() -> int:
+        remaining.append((await discovery._client.get_lease_info(reg.lease_id)).TTL)
+        return remaining[-1]
+
+    await eventually(remaining_ttl, until=lambda ttl: ttl == -1, timeout=TTL + 3, interval=0.1)
+    assert remaining == sorted(remaining, reverse=True), remaining
+    await asyncio.wait_for(removed.wait(), timeout=2)  # and the watch reports the removal
+    assert await discovery.list_instances(namespace) == {}
     await watch.close()
 
 
