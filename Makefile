@@ -52,10 +52,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check services operator tests bench
 	$(VENV)/bin/lint-imports
 
-bench: venv
-	$(PY) bench/serving_overhead.py
-
+# The graph against vLLM's own server on the same engine (~5 min); bench/README.md lists the rest.
 LABEL ?= run
+bench: venv
+	$(PY) bench/request_path.py --vllm --label $(LABEL)
+
 bench-request-path: venv
 	$(PY) bench/request_path.py --label $(LABEL)
 

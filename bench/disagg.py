@@ -17,22 +17,19 @@ Per request: TTFT (call -> first token), ITL = (last token - first token) / (osl
 and its worst gap between two tokens ("gap p50" is the median over requests of that worst
 gap: the stall a prefill sharing the step causes in aggregated serving).
 Goodput: requests meeting TTFT <= ``--ttft-ms`` and ITL <= ``--itl-ms``, per second of
-simulated time, per worker (prefill + decode). Output: a table; JSON in bench/results/.
+simulated time, per worker (prefill + decode). Output: a table; JSON in bench/results/ (``harness``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import random
-import statistics
 import time
-from pathlib import Path
 
 import nats
 
+from harness import fmt, output_args, pct, table, write_json
 from inference_graph import wire
 from inference_graph.core.spec import Role, parse_graph
 from inference_graph.engines.factory import create_engine
@@ -42,9 +39,6 @@ from inference_graph.roles.worker.service import WorkerInstance
 from inference_graph.runtime.config import RuntimeConfig
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +64,7 @@ def parse_args() -> argparse.Namespace:
         "latencies in real time; use small --isl/--osl/--workers 2 --splits 1:1",
     )
     p.add_argument("--model", default="builtin://tiny-llama", help="model source (real engines run it)")
+    output_args(p)
     return p.parse_args()
 
 
@@ -193,16 +188,16 @@ async def run_load(decodes, args, concurrency: int, seed: int) -> dict:
     elapsed_sim_s = (loop.time() - start) * (1.0 if args.real else args.speedup)
     ok = [r for r in results if r["ttft_ms"] <= args.ttft_ms and r["itl_ms"] <= args.itl_ms]
     ok_gap = [r for r in ok if r["worst_gap_ms"] <= args.gap_ms]
-    ttfts = sorted(r["ttft_ms"] for r in results)
-    itls = sorted(r["itl_ms"] for r in results)
+    ttfts = [r["ttft_ms"] for r in results]
+    itls = [r["itl_ms"] for r in results]
     return {
         "requests": len(results),
         "elapsed_sim_s": elapsed_sim_s,
-        "ttft_p50_ms": statistics.median(ttfts),
-        "ttft_p90_ms": ttfts[int(0.9 * (len(ttfts) - 1))],
-        "itl_p50_ms": statistics.median(itls),
-        "itl_p90_ms": itls[int(0.9 * (len(itls) - 1))],
-        "worst_gap_p50_ms": statistics.median(r["worst_gap_ms"] for r in results),
+        "ttft_p50_ms": pct(ttfts, 0.5),
+        "ttft_p90_ms": pct(ttfts, 0.9),
+        "itl_p50_ms": pct(itls, 0.5),
+        "itl_p90_ms": pct(itls, 0.9),
+        "worst_gap_p50_ms": pct([r["worst_gap_ms"] for r in results], 0.5),
         "throughput_tok_s": sum(r["tokens"] for r in results) / elapsed_sim_s,
         "goodput_req_s": len(ok) / elapsed_sim_s,
         "goodput_gap_req_s": len(ok_gap) / elapsed_sim_s,
@@ -245,30 +240,25 @@ async def main() -> None:
                 stats["goodput_gap_per_worker"] = stats["goodput_gap_req_s"] / args.workers
                 stats["throughput_per_worker"] = stats["throughput_tok_s"] / args.workers
                 rows.append(stats)
-                print_row(stats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"disagg-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(f"\nresults: {out}")
+                print(
+                    f"{label} c={concurrency}: goodput/worker {stats['goodput_per_worker']:.3f}", flush=True
+                )
+    print(table(HEADER, [row_cells(s) for s in rows]))
+    write_json("disagg", args, {"rows": rows})
 
 
-HEADER = (
-    f"{'layout':<14}{'c':>4}{'req':>5}{'TTFT p50':>10}{'p90':>8}{'ITL p50':>9}{'p90':>7}"
-    f"{'gap p50':>9}{'tok/s/w':>9}{'SLO met':>9}{'goodput/w':>11}{'+gap':>7}{'remote':>8}"
-)
+HEADER = ["layout", "c", "req", "TTFT p50", "p90", "ITL p50", "p90", "gap p50", "tok/s/w", "SLO met"]
+HEADER += ["goodput/w", "+gap", "remote"]
 
 
-def print_row(s: dict) -> None:
-    if not getattr(print_row, "headed", False):
-        print(HEADER)
-        print_row.headed = True
+def row_cells(s: dict) -> list:
     remote = f"{s['remote_share']:.0%}" if "remote_share" in s else "-"
-    print(
-        f"{s['layout']:<14}{s['concurrency']:>4}{s['requests']:>5}{s['ttft_p50_ms']:>10.0f}{s['ttft_p90_ms']:>8.0f}"
-        f"{s['itl_p50_ms']:>9.1f}{s['itl_p90_ms']:>7.1f}{s['worst_gap_p50_ms']:>9.0f}{s['throughput_per_worker']:>9.0f}"
-        f"{s['slo_met']:>9.0%}{s['goodput_per_worker']:>11.3f}{s['goodput_gap_per_worker']:>7.3f}{remote:>8}",
-        flush=True,
-    )
+    return [
+        s["layout"], s["concurrency"], s["requests"], fmt(s["ttft_p50_ms"], 0), fmt(s["ttft_p90_ms"], 0),
+        fmt(s["itl_p50_ms"]), fmt(s["itl_p90_ms"]), fmt(s["worst_gap_p50_ms"], 0),
+        fmt(s["throughput_per_worker"], 0), f"{s['slo_met']:.0%}", fmt(s["goodput_per_worker"], 3),
+        fmt(s["goodput_gap_per_worker"], 3), remote,
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

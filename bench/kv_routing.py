@@ -28,42 +28,47 @@ Strategies: ``random``, ``round-robin``, ``kv`` (one router) and ``kv2`` (kv wit
 replicas: each sees every event and load report, but only its own in-flight decisions).
 After each kv run the routers' ``metrics`` endpoints give the predicted hit rate.
 
-Output: a table on stdout; JSON in bench/results/kv_routing-<label>-<time>.json.
+Output: a table on stdout; JSON in bench/results/kv_routing-<label>-<time>.json (``harness``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "services"))
-
-from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, free_port  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "bench"))
-import request_path  # noqa: E402
+from harness import RESULTS, ROOT, Server, fmt, output_args, pct, table, write_json
+from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, free_port
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", default="random,round-robin,kv,kv2")
     p.add_argument("--config", default="configs/agg_router.yaml")
+    workload_args(p)
+    p.add_argument("--speedup", type=float, default=1.0, help="simulated time runs this many times faster")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every run")
+    p.add_argument("--kv-set", action="append", default=[], help="extra --set for kv runs only")
+    p.add_argument("--seed", type=int, default=0)
+    output_args(p, label="run")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- workload
+
+
+def workload_args(p: argparse.ArgumentParser) -> None:
+    """The cluster and the request sequence (also kv_routing_sim.py's)."""
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--blocks", type=int, default=256)
     p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--speedup", type=float, default=1.0, help="simulated time runs this many times faster")
     p.add_argument("--prefixes", type=int, default=32)
     p.add_argument("--prefix-tokens", type=int, default=1024)
     p.add_argument("--unique-tokens", type=int, default=100)
@@ -72,14 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--requests", type=int, default=640, help="measured requests")
     p.add_argument("--warmup-requests", type=int, default=64)
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every run")
-    p.add_argument("--kv-set", action="append", default=[], help="extra --set for kv runs only")
-    p.add_argument("--label", default="run")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
-
-
-# ---------------------------------------------------------------- workload
 
 
 def workload(args: argparse.Namespace) -> list[tuple[int, list[int], int]]:
@@ -127,61 +124,30 @@ def capacity_check(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- graph
 
 
-class Graph(request_path.Graph):
-    """One launcher run of the benchmark's graph; ``stop`` is the request-path benchmark's."""
-
-    def __init__(self, args: argparse.Namespace, strategy: str, infra: dict[str, str]) -> None:
-        kv = strategy.startswith("kv")
-        self.name = f"kvbench-{strategy}"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = RESULTS / f"kv_routing-{args.label}-{strategy}.log"
-        sets = [
-            f"metadata.name={self.name}",
-            "model.name=tiny",
-            "model.source=builtin://tiny-llama",
-            "engine.maxModelLen=2048",
-            f"engine.blockSize={args.block_size}",
-            f"engine.mocker.numKvBlocks={args.blocks}",
-            "engine.mocker.timing=polynomial",
-            f"engine.mocker.speedup={args.speedup:g}",
-            f"services.decode.replicas={args.workers}",
-            f"engine.mocker.instancesPerProcess={args.workers}",
-            f"routing.strategy={'kv' if kv else strategy}",
-            f"services.router.replicas={2 if strategy == 'kv2' else 1 if kv else 0}",
-            *args.overrides,
-            *(args.kv_set if kv else []),
-        ]
-        self.argv = [str(ROOT / ".venv/bin/inference-graph"), "serve", args.config, "--engine", "mocker"]
-        self.argv += ["--port", str(self.port)]
-        for s in sets:
-            self.argv += ["--set", s]
-        self.env = {**os.environ, **infra}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=self._logf,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"graph exited ({self.proc.returncode}); see {self.log}")
-            if health(self.url):
-                return
-            time.sleep(0.3)  # polling /health, with a deadline
-        self.stop()
-        raise SystemExit(f"graph not ready within {timeout:.0f} s; see {self.log}")
-
-
-def health(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+def graph_server(args: argparse.Namespace, strategy: str, infra: dict[str, str]) -> Server:
+    """One launcher run of the benchmark's graph, on the NATS and etcd of ``infra``."""
+    kv = strategy.startswith("kv")
+    port = free_port()
+    sets = [
+        f"metadata.name=kvbench-{strategy}",
+        "model.name=tiny",
+        "model.source=builtin://tiny-llama",
+        "engine.maxModelLen=2048",
+        f"engine.blockSize={args.block_size}",
+        f"engine.mocker.numKvBlocks={args.blocks}",
+        "engine.mocker.timing=polynomial",
+        f"engine.mocker.speedup={args.speedup:g}",
+        f"services.decode.replicas={args.workers}",
+        f"engine.mocker.instancesPerProcess={args.workers}",
+        f"routing.strategy={'kv' if kv else strategy}",
+        f"services.router.replicas={2 if strategy == 'kv2' else 1 if kv else 0}",
+        *args.overrides,
+        *(args.kv_set if kv else []),
+    ]
+    argv = [sys.executable, "-m", "inference_graph.launcher", "serve", args.config, "--engine", "mocker"]
+    argv += ["--port", str(port), *(x for s in sets for x in ("--set", s))]
+    log = RESULTS / "logs" / f"kv_routing-{args.label}-{strategy}.log"
+    return Server(f"kvbench-{strategy}", argv, log, port, {**os.environ, **infra})
 
 
 async def wait_routers(infra: dict[str, str], namespace: str, count: int, timeout: float = 60.0) -> None:
@@ -285,11 +251,6 @@ async def drive(args, url: str, requests: list[tuple[int, list[int], int]], on_m
     return results
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 def summarise(args, results: list[dict], wall: float) -> dict:
     measured = results[args.warmup_requests :]
     ok = [r for r in measured if "ttft" in r]
@@ -312,9 +273,7 @@ def counter_delta(before: dict, after: dict, name: str) -> float:
 
 
 def run_one(args, strategy: str, infra: dict[str, str], requests) -> dict:
-    graph = Graph(args, strategy, infra)
-    graph.start()
-    try:
+    with graph_server(args, strategy, infra) as graph:
         routers = {"kv": 1, "kv2": 2}.get(strategy, 0)
         if routers:
             asyncio.run(wait_routers(infra, graph.name, routers))
@@ -333,23 +292,33 @@ def run_one(args, strategy: str, infra: dict[str, str], requests) -> dict:
             summary["router_metrics"] = after
         summary["fallback_warnings"] = graph.log.read_bytes().count(b"falls back")
         return summary
-    finally:
-        graph.stop()
 
 
 def print_table(rows: dict[str, dict], oracle: float) -> None:
     rr = rows.get("round-robin")
-    print(f"\n{'strategy':<12}{'cached':>8}{'x rr':>7}{'predicted':>11}{'TTFT p50':>10}{'p99':>9}{'p99/rr':>8}"
-          f"{'e2e p50':>9}{'req/s':>7}{'errors':>7}")  # fmt: skip
+    body = []
     for name, r in rows.items():
         x = r["cached_fraction"] / rr["cached_fraction"] if rr and rr["cached_fraction"] else float("nan")
         p99 = r["ttft_ms"]["p99"] / rr["ttft_ms"]["p99"] if rr else float("nan")
-        pred = f"{r['predicted_fraction']:.3f}" if "predicted_fraction" in r else "-"
-        print(
-            f"{name:<12}{r['cached_fraction']:>8.3f}{x:>7.2f}{pred:>11}{r['ttft_ms']['p50']:>9.0f}ms"
-            f"{r['ttft_ms']['p99']:>7.0f}ms{p99:>8.2f}{r['e2e_ms_p50']:>7.0f}ms{r['req_per_s']:>7.1f}{r['errors']:>7}"
+        pred = fmt(r["predicted_fraction"], 3) if "predicted_fraction" in r else "-"
+        body.append(
+            [
+                name,
+                fmt(r["cached_fraction"], 3),
+                fmt(x, 2),
+                pred,
+                fmt(r["ttft_ms"]["p50"], 0),
+                fmt(r["ttft_ms"]["p99"], 0),
+                fmt(p99, 2),
+                fmt(r["e2e_ms_p50"], 0),
+                fmt(r["req_per_s"]),
+                r["errors"],
+            ]
         )
-    print(f"{'oracle':<12}{oracle:>8.3f}   (compulsory misses only; see the module docstring)")
+    body.append(["oracle", fmt(oracle, 3), "", "", "", "", "", "", "", ""])
+    head = ["strategy", "cached", "x rr", "predicted", "TTFT p50 ms", "TTFT p99 ms", "p99/rr", "e2e p50 ms"]
+    print("\n" + table([*head, "req/s", "errors"], body))
+    print("(oracle: compulsory misses only; see the module docstring)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity = capacity_check(args)
     print(f"oracle cached fraction {oracle:.3f}; capacity check {capacity}")
     subprocess.run(
-        [str(ROOT / ".venv/bin/inference-graph"), "prepare-model", args.config, "--engine", "mocker",
+        [sys.executable, "-m", "inference_graph.launcher", "prepare-model", args.config, "--engine", "mocker",
          "--set", "model.source=builtin://tiny-llama"],
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
@@ -374,21 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{strategy}: cached {r['cached_fraction']:.3f}, TTFT p99 {r['ttft_ms']['p99']:.0f} ms, "
                   f"{r['errors']} errors, load before {load0:.1f}", flush=True)  # fmt: skip
     print_table(rows, oracle)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {
-        "label": args.label,
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "args": vars(args),
-        "oracle_fraction": oracle,
-        "capacity": capacity,
-        "strategies": rows,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
-    }
-    path = RESULTS / f"kv_routing-{args.label}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    write_json("kv_routing", args, {"oracle_fraction": oracle, "capacity": capacity, "strategies": rows})
     return 0
 
 

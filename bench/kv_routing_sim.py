@@ -38,29 +38,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import heapq
 import itertools
 import json
 import random
 import statistics
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "services"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from inference_graph import wire  # noqa: E402
-from inference_graph.core.kv_index import KvIndex  # noqa: E402
-from inference_graph.core.kv_scoring import InflightPrefill, KvPolicy  # noqa: E402
-from inference_graph.engines.mocker.kv_cache import KvCache  # noqa: E402
-from inference_graph.engines.mocker.scheduler import Scheduler, Sequence  # noqa: E402
-from inference_graph.engines.mocker.timing import PolynomialTiming, step_ms  # noqa: E402
-from inference_graph.engines.mocker.tokens import TokenSampler, Vocab  # noqa: E402
-from kv_routing import oracle_fraction, pct, workload  # noqa: E402
+from harness import fmt, output_args, pct, table, write_json
+from inference_graph import wire
+from inference_graph.core.kv_index import KvIndex
+from inference_graph.core.kv_scoring import InflightPrefill, KvPolicy
+from inference_graph.engines.mocker.kv_cache import KvCache
+from inference_graph.engines.mocker.scheduler import Scheduler, Sequence
+from inference_graph.engines.mocker.timing import PolynomialTiming, step_ms
+from inference_graph.engines.mocker.tokens import TokenSampler, Vocab
+from kv_routing import oracle_fraction, workload, workload_args
 
 VOCAB = Vocab.plain(32_000)
 
@@ -68,19 +61,9 @@ VOCAB = Vocab.plain(32_000)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", default="random,round-robin,least-loaded,kv")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--blocks", type=int, default=256)
-    p.add_argument("--block-size", type=int, default=64)
+    workload_args(p)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--prefixes", type=int, default=32)
-    p.add_argument("--prefix-tokens", type=int, default=1024)
-    p.add_argument("--unique-tokens", type=int, default=100)
-    p.add_argument("--min-output", type=int, default=50)
-    p.add_argument("--max-output", type=int, default=150)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--requests", type=int, default=640, help="measured requests")
-    p.add_argument("--warmup-requests", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--seeds", type=int, default=1, help="run seeds seed .. seed+N-1; report means")
     p.add_argument(
@@ -91,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hop-ms", type=float, default=0.0, help="client -> worker and worker -> client latency")
     p.add_argument("--event-delay-ms", type=float, default=1.0, help="KV events: step end -> router index")
     p.add_argument("--load-interval", type=float, default=1.0, help="seconds between a worker's load reports")
-    p.add_argument("--label", default="run")
+    output_args(p, label="run")
     return p.parse_args(argv)
 
 
@@ -364,20 +347,17 @@ METRICS = ("cached_fraction", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "e2e_
 def print_table(rows: dict[str, dict], oracle: float, seeds: int) -> None:
     base = rows.get("round-robin")
     print(f"means over {seeds} seed(s); p99/rr: per seed, then mean (max)")
-    print(
-        f"{'strategy':<14} {'cached':>7} {'x rr':>5} {'TTFT p50':>9} {'p90':>8} {'p99':>8}"
-        f" {'p99/rr':>12} {'e2e p50':>8}"
-    )
+    body = []
     for name, r in rows.items():
         x = r["cached_fraction"] / base["cached_fraction"] if base else float("nan")
-        ratio = (
-            f"{r['p99_over_rr_mean']:.2f} ({r['p99_over_rr_max']:.2f})" if "p99_over_rr_mean" in r else "-"
-        )
-        print(
-            f"{name:<14} {r['cached_fraction']:7.3f} {x:5.2f} {r['ttft_p50_ms']:7.1f}ms {r['ttft_p90_ms']:6.1f}ms"
-            f" {r['ttft_p99_ms']:6.1f}ms {ratio:>12} {r['e2e_p50_s']:7.2f}s"
-        )
-    print(f"{'oracle':<14} {oracle:7.3f}")
+        ratio = "-"
+        if "p99_over_rr_mean" in r:
+            ratio = f"{r['p99_over_rr_mean']:.2f} ({r['p99_over_rr_max']:.2f})"
+        ttft = [fmt(r[f"ttft_{q}_ms"]) for q in ("p50", "p90", "p99")]
+        body.append([name, fmt(r["cached_fraction"], 3), fmt(x, 2), *ttft, ratio, fmt(r["e2e_p50_s"], 2)])
+    body.append(["oracle", fmt(oracle, 3), "", "", "", "", "", ""])
+    head = ["strategy", "cached", "x rr", "TTFT p50 ms", "p90 ms", "p99 ms", "p99/rr", "e2e p50 s"]
+    print(table(head, body))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,13 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = over_seeds(per_seed)
     oracle = statistics.mean(oracles)
     print_table(rows, oracle, args.seeds)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"kv_routing_sim-{args.label}-{stamp}.json"
-    out.write_text(
-        json.dumps({"args": vars(args), "oracle": oracle, "results": rows, "per_seed": per_seed}, indent=2)
-    )
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_json("kv_routing_sim", args, {"oracle": oracle, "results": rows, "per_seed": per_seed})
     return 0
 
 

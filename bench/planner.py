@@ -15,16 +15,15 @@ and load over time) to bench/results/; the last line sums up the SLA planner.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from harness import fmt, output_args, table, write_json
 from inference_graph.core.spec import GraphSpec, parse_graph
 from inference_graph.engines.mocker.timing import PolynomialTiming
 from inference_graph.planning import Planner, make_policy
 from inference_graph.planning.simulation import Cluster, ClusterConfig, EngineShape, Phase, SimResult
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TTFT_MS, ITL_MS = 500.0, 50.0
 # An 8B-class model on one GPU: the timing model's defaults; 25 GB/s KV transfer of
 # 128 KiB per token (32 layers x 8 KV heads x 128 dims x 2 (K, V) x 2 bytes).
@@ -104,6 +103,14 @@ def summary(name: str, res: SimResult, static_replica_s: float) -> dict:
     }
 
 
+def cells(r: dict) -> list:
+    return [
+        r["run"], r["requests"], r["completed"], fmt(r["attainment"], 3), fmt(r["replica_seconds"], 0),
+        fmt(r["ratio_to_static_peak"], 2), "{prefill}, {decode}".format(**r["peak"]),
+        "{prefill}, {decode}".format(**r["direction_changes"]),
+    ]  # fmt: skip
+
+
 def svg_plot(res: SimResult, path: Path, trace: list[Phase]) -> None:
     """Replicas per role (left axis) and prompt tokens/s (right axis, scaled) over time."""
     rows = res.timeline
@@ -153,9 +160,9 @@ def main() -> None:
         "--prefill-min", type=int, default=2, help="prefill minReplicas: headroom for the first startup delay"
     )
     parser.add_argument("--step", action="store_true", help="the burst arrives at once instead of ramping")
+    output_args(parser)
     args = parser.parse_args()
     trace = STEP_TRACE if args.step else TRACE
-    RESULTS.mkdir(exist_ok=True)
     trace_s = sum(p.seconds for p in trace)
     runs: dict[str, SimResult] = {}
     began = time.process_time()
@@ -173,33 +180,31 @@ def main() -> None:
     print(
         f"startup {args.startup:.0f} s; prefill minReplicas {args.prefill_min}; static peak = {peak} for {trace_s:.0f} s; {time.process_time() - began:.1f} s CPU"
     )
-    print(
-        f"{'run':<12}{'requests':>9}{'done':>7}{'attain':>8}{'replica-s':>11}{'vs static':>10}  peak (P, D)  dir. changes (P, D)"
+    head = [
+        "run",
+        "requests",
+        "done",
+        "attain",
+        "replica-s",
+        "vs static",
+        "peak (P, D)",
+        "dir. changes (P, D)",
+    ]
+    print(table(head, [cells(r) for r in rows]))
+    sla_run = runs["sla"]
+    path = write_json(
+        "planner",
+        args,
+        {
+            "trace": [p.__dict__ for p in trace],
+            "runs": rows,
+            "timeline": sla_run.timeline,
+            "decisions": sla_run.decisions,
+        },
     )
-    for r in rows:
-        print(
-            f"{r['run']:<12}{r['requests']:>9}{r['completed']:>7}{r['attainment']:>8.3f}{r['replica_seconds']:>11.0f}"
-            f"{r['ratio_to_static_peak']:>10.2f}  {r['peak']['prefill']:>3}, {r['peak']['decode']:<7}"
-            f"{r['direction_changes']['prefill']:>3}, {r['direction_changes']['decode']}"
-        )
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"planner-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "trace": [p.__dict__ for p in trace],
-                "startup_s": args.startup,
-                "prefill_min": args.prefill_min,
-                "runs": rows,
-                "timeline": runs["sla"].timeline,
-                "decisions": runs["sla"].decisions,
-            },
-            indent=1,
-        )
-    )
-    svg_plot(runs["sla"], RESULTS / f"planner-{stamp}.svg", trace)
+    svg_plot(sla_run, path.with_suffix(".svg"), trace)
+    print(f"wrote {path.with_suffix('.svg').name}")
     sla = rows[0]
-    print(f"wrote {out} and planner-{stamp}.svg")
     print(
         f"attainment {sla['attainment']:.3f}, replica-seconds {sla['ratio_to_static_peak']:.2f}x static peak, "
         f"direction changes prefill {sla['direction_changes']['prefill']} decode {sla['direction_changes']['decode']}"

@@ -26,8 +26,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,12 +35,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import RESULTS, ROOT, cpu_seconds, fmt, output_args, pct, table, write_json
+
 sys.path.insert(0, str(ROOT))
+from tests.kube.emulator import EmulatorServer
 
-from tests.kube.emulator import EmulatorServer  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 KUBECTL = "kubectl"
 SELECTOR = "app.kubernetes.io/managed-by=inference-graph-operator"
 CHILD_LISTS = (
@@ -59,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(ROOT / "configs" / "agg_router.yaml"))
     p.add_argument("--poll-ms", type=float, default=20.0)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    output_args(p)
     return p.parse_args(argv)
 
 
@@ -108,12 +106,6 @@ def expected_children(template: dict) -> int:
     from inference_graph_operator.render import Owner, render
 
     return len(render(parse_graph(graph_manifest(template, "x", "default")), Owner("x", "uid")))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(
@@ -170,12 +162,7 @@ def run(
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50": statistics.median(ordered),
-        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-        "max": ordered[-1],
-    }
+    return {"p50": pct(values, 0.5), "p95": pct(values, 0.95), "max": max(values)}
 
 
 def start_operator(config: Path, log_path: Path) -> subprocess.Popen:
@@ -221,32 +208,31 @@ def main(argv: list[str] | None = None) -> None:
             operator.terminate()
             operator.wait(timeout=30)
     print_table(rows)
-    out = RESULTS / f"reconcile-{stamp}.json"
-    meta = {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_before": os.getloadavg(),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
-        "args": vars(args),
-        "api": "tests/kube/emulator (in-process API emulator), not a real API server",
-    }
-    out.write_text(json.dumps({**meta, "warmup": warmup, "runs": rows}, indent=2))
-    print(f"\nJSON: {out.relative_to(ROOT)}")
+    api = "tests/kube/emulator (in-process API emulator), not a real API server"
+    write_json("reconcile", args, {"api": api, "warmup": warmup, "runs": rows})
 
 
 def print_table(rows: list[dict]) -> None:
-    print(
-        f"{'graphs':>6} {'children':>8} {'apply ms':>9} {'all children ms':>15} {'all status ms':>13}   per graph children p50/p95/max ms   per graph status p50/p95/max ms"
-    )
-    for r in rows:
-        c, s = r["children_ms"], r["status_ms"]
-        print(
-            f"{r['graphs']:>6} {r['graphs'] * r['children_per_graph']:>8} {r['apply_ms']:>9.0f} {r['all_children_ms']:>15.0f} {r['all_status_ms']:>13.0f}"
-            f"   {c['p50']:>8.0f} {c['p95']:>8.0f} {c['max']:>8.0f}          {s['p50']:>8.0f} {s['p95']:>8.0f} {s['max']:>8.0f}"
-            f"   {r['operator_cpu_s']:>8.2f} / {r['emulator_and_poller_cpu_s']:.2f}"
-        )
+    head = ["graphs", "children", "apply ms", "all children ms", "all status ms", "children p50/p95/max ms"]
+    head += ["status p50/p95/max ms", "CPU s operator / emulator+poller"]
+
+    def spread(d: dict) -> str:
+        return " / ".join(fmt(d[k], 0) for k in ("p50", "p95", "max"))
+
+    body = [
+        [
+            r["graphs"],
+            r["graphs"] * r["children_per_graph"],
+            fmt(r["apply_ms"], 0),
+            fmt(r["all_children_ms"], 0),
+            fmt(r["all_status_ms"], 0),
+            spread(r["children_ms"]),
+            spread(r["status_ms"]),
+            f"{r['operator_cpu_s']:.2f} / {r['emulator_and_poller_cpu_s']:.2f}",
+        ]
+        for r in rows
+    ]
+    print(table(head, body))
 
 
 if __name__ == "__main__":

@@ -30,33 +30,19 @@ Output: a table on stdout, JSON in bench/results/router_core-<time>.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import json
-import platform
 import random
 import statistics
-import sys
 import time
 from array import array
 from collections import deque
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "services"))
+from harness import output_args, pct, table, write_json
+from inference_graph import wire
+from inference_graph.core.block_hash import hash_blocks
+from inference_graph.core.kv_index import KvIndex
+from inference_graph.core.kv_scoring import InflightPrefill, KvPolicy, RequestContext, combine, pick
 
-from inference_graph import wire  # noqa: E402
-from inference_graph.core.block_hash import hash_blocks  # noqa: E402
-from inference_graph.core.kv_index import KvIndex  # noqa: E402
-from inference_graph.core.kv_scoring import (  # noqa: E402
-    InflightPrefill,
-    KvPolicy,
-    RequestContext,
-    combine,
-    pick,
-)
-
-RESULTS = ROOT / "bench" / "results"
 MASK = (1 << 64) - 1
 
 
@@ -75,16 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="8 workers x 2k blocks, fewer iterations")
-    p.add_argument("--label", default="")
+    output_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.workers, args.blocks, args.decisions, args.batches = 8, 2048, 1000, 3000
     return args
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def rand_tokens(rng: random.Random, n: int) -> list[int]:
@@ -285,7 +266,6 @@ def bench_ingest(args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    started = dt.datetime.now(dt.UTC)
     decision = bench_decisions(args)
     ingest = bench_ingest(args)
     rows = [
@@ -307,25 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         f"router core: {args.workers} workers x {args.blocks} blocks, block size {args.block_size}, "
         f"{args.prefix_tokens + args.tail_tokens}-token requests, {args.event_blocks}-block events"
     )
-    for name, value in rows:
-        print(f"  {name:<42} {value}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    label = f"-{args.label}" if args.label else ""
-    out = RESULTS / f"router_core{label}-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "args": vars(args),
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "decision": decision,
-                "ingest": ingest,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(table(["measure", "value"], rows))
+    write_json("router_core", args, {"decision": decision, "ingest": ingest})
 
 
 if __name__ == "__main__":
