@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(400)]
 
 
 def test_default_graph_answers_paris(start_graph):

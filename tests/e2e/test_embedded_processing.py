@@ -8,7 +8,7 @@ from inference_graph.runtime.discovery import Discovery
 
 from .conftest import TINY_OVERRIDES
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(300)]
 
 GREEDY = {"temperature": 0, "max_tokens": 12, "extra_body": {"ignore_eos": True}}
 

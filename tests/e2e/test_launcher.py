@@ -36,6 +36,7 @@ def test_tensor_parallel_on_cpu_is_a_clear_error():
     assert "CPU" in result.stderr
 
 
+@pytest.mark.vllm  # the graph's decode worker loads the tiny model in vLLM
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_stopping_the_launcher_leaves_no_process(tmp_path, tiny_model, how):
     # No NATS_SERVER / ETCD_ENDPOINTS: the launcher starts embedded servers too.
