@@ -7,12 +7,9 @@ import copy
 import pytest
 import yaml
 
-from inference_graph.core.instances import desired_instances
 from inference_graph.core.spec import Role, SpecError, load_graph, parse_graph
 from inference_graph.settings import ENV_NAMES, FIXED
 from inference_graph_operator.render import (
-    GRAPH_DIR,
-    GRAPH_PATH,
     MULTUS_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     OperatorDefaults,
@@ -131,17 +128,23 @@ def test_rendering_is_deterministic_and_pure():
 
 
 def test_one_deployment_per_desired_instance_with_its_command():
-    graph = parse_graph(full_manifest())
-    deployments = by_kind(render(graph, OWNER, DEFAULTS), "Deployment")
-    instances = desired_instances(graph, GRAPH_PATH, DEFAULTS.infrastructure_env())
-    assert set(deployments) == {f"g-{i.role.value}" for i in instances}
-    for inst in instances:
-        deployment = deployments[f"g-{inst.role.value}"]
-        assert deployment["spec"]["replicas"] == inst.replicas
+    deployments = by_kind(objects(), "Deployment")
+    # From full_manifest, by hand: the four services with their replicas; workers of both kinds run
+    # the worker module, each told its role.
+    expected = {
+        "frontend": (2, "inference_graph.roles.frontend"),
+        "processor": (3, "inference_graph.roles.processor"),
+        "decode": (2, "inference_graph.roles.worker"),
+        "prefill": (4, "inference_graph.roles.worker"),
+    }
+    assert set(deployments) == {f"g-{role}" for role in expected}
+    for role, (replicas, module) in expected.items():
+        deployment = deployments[f"g-{role}"]
+        assert deployment["spec"]["replicas"] == replicas
         assert container(deployment)["args"] == [
-            "python", "-m", inst.module, "--graph", "/etc/inference-graph/graph.yaml", "--role", inst.role.value,
+            "python", "-m", module, "--graph", "/etc/inference-graph/graph.yaml", "--role", role,
         ]  # fmt: skip
-        assert container(deployment)["image"] == DEFAULTS.image
+        assert container(deployment)["image"] == "registry.example/runtime:1.2.3"
 
 
 def test_children_carry_owner_reference_namespace_and_labels():
@@ -180,7 +183,14 @@ def test_configmap_holds_the_graph_mounted_where_the_command_reads_it():
         volume = next(v for v in pod["volumes"] if v.get("configMap"))
         assert volume["configMap"]["name"] == "g-graph"
         mount = next(m for m in container(deployment)["volumeMounts"] if m["name"] == volume["name"])
-        assert mount["mountPath"] == GRAPH_DIR and mount["readOnly"] is True
+        assert mount["readOnly"] is True
+        args = container(deployment)["args"]
+        # the command's --graph is the ConfigMap's one key, under the mount
+        assert (
+            args[args.index("--graph") + 1]
+            == mount["mountPath"] + "/graph.yaml"
+            == "/etc/inference-graph/graph.yaml"
+        )
 
 
 def test_frontend_service_exposes_the_spec_port():
