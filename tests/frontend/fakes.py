@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from inference_graph import errors, wire
 from inference_graph.roles.frontend import ModelCard
+from support import eventually
 
 MODEL = "test-model"
 MAX_MODEL_LEN = 128
@@ -50,21 +51,18 @@ class FakeProcessor:
         self.requests: list[wire.ProcessRequest] = []
         self.closed: list[str] = []
         self.closed_event = asyncio.Event()
-        self._arrived = asyncio.Event()
 
     async def wait_for_requests(self, count: int, timeout: float = 2.0) -> None:
         """Until ``count`` streams have started (the frontend called ``process`` and iterated)."""
-
-        async def arrived() -> None:
-            while len(self.requests) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        await asyncio.wait_for(arrived(), timeout)
+        await eventually(
+            lambda: len(self.requests),
+            until=lambda n: n >= count,
+            timeout=timeout,
+            what=f"{count} streams to reach the processor",
+        )
 
     async def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]:
         self.requests.append(request)
-        self._arrived.set()
         try:
             for item in self.script(request):
                 if isinstance(item, BaseException):

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from inference_graph import wire
+from support import eventually
 
 from .fakes import MODEL
 
@@ -115,10 +116,7 @@ async def test_disconnect_over_a_real_socket(app, fake):
     server = uvicorn.Server(config)
     serving = asyncio.ensure_future(server.serve())
     try:
-        for _ in range(500):  # up to 5 s
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: server.started, what="uvicorn to start listening")
         port = server.servers[0].sockets[0].getsockname()[1]
         body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

@@ -10,7 +10,6 @@ import json
 import queue
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +19,8 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from support import eventually_sync
+
 from .common import CONFIGS, ROOT, WIDE_HEADER
 
 CRD = ROOT / "crds" / "inferencegraph.yaml"
@@ -28,16 +29,6 @@ GROUP, VERSION, PLURAL = "inferencegraph.dev", "v1alpha1", "inferencegraphs"
 
 def load(path) -> dict:
     return yaml.safe_load(path.read_text())
-
-
-def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    """Poll `condition` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -450,14 +441,18 @@ def test_auto_ready_follows_every_spec_change(kube_api):
     kube_api.kubectl("apply", "-f", "-", input=DEPLOYMENT)
     with kube_api.client() as api_client:
         apps = client.AppsV1Api(api_client)
-        wait_for(
-            lambda: (apps.read_namespaced_deployment("web", "default").status.ready_replicas or 0) == 2,
-            what="2 ready",
+        eventually_sync(
+            lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas,
+            until=lambda ready: ready == 2,
+            timeout=10,
+            what="2 ready replicas",
         )
         apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 4}})
-        wait_for(
-            lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas == 4,
-            what="4 ready",
+        eventually_sync(
+            lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas,
+            until=lambda ready: ready == 4,
+            timeout=10,
+            what="4 ready replicas",
         )
 
 

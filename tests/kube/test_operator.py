@@ -9,16 +9,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import yaml
 
 from inference_graph_operator.render import SPEC_HASH_ANNOTATION
+from support import eventually_sync
 
 from .common import CONFIGS, ROOT, WIDE_HEADER
 
@@ -29,15 +29,8 @@ T = TypeVar("T")
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)  # polling interval, not synchronisation: the deadline decides
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen: {last!r}")
+    """``eventually_sync`` with this module's deadline (31 call sites name ``what`` positionally)."""
+    return eventually_sync(check, timeout=timeout, interval=0.05, what=what)
 
 
 class Operator:

@@ -3,27 +3,22 @@
 import os
 import subprocess
 import sys
-import time
 
 import nats
 import pytest
 
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, EmbeddedServerError
+from support import eventually_sync
 
 
-def _gone(pid: int, timeout: float = 5.0) -> bool:
-    """True once ``pid`` no longer exists (or is a zombie nobody reaped yet)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(")")[-1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
+def _state(pid: int) -> str | None:
+    """The process's state letter (``Z``: a zombie nobody reaped yet), None once it no longer exists."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return None
 
 
 def _left_nothing(pid: int | None, tmpdir: str) -> bool:
@@ -85,7 +80,11 @@ def test_server_dies_with_its_parent():
         parent.kill()
         parent.wait()
         parent.stdout.close()
-    assert _gone(server_pid)
+    eventually_sync(
+        lambda: _state(server_pid),
+        until=lambda state: state in (None, "Z"),
+        what=f"server {server_pid} to exit",
+    )
     assert os.path.exists(tmpdir)
     EmbeddedNats(jetstream=False).stop()  # constructing one sweeps stale dirs
     assert not os.path.exists(tmpdir)
