@@ -54,11 +54,11 @@ GOLDEN = [
         "w.TextLogprob(token='a', logprob=-0.25, bytes=[97], top=[('a', -0.25, [97])])",
         "94a161cbbfd000000000000091619193a161cbbfd00000000000009161",
     ),
-    ("Usage", "w.Usage(prompt_tokens=3, completion_tokens=4, cached_tokens=2)", "93030402"),
+    ("Usage", "w.Usage(prompt_tokens=3, completion_tokens=4, cached_tokens=2, migrations=1)", "9403040201"),
     (
         "ProcessOutput",
         "w.ProcessOutput(index=1, text='hi', num_tokens=2, finish_reason='stop', stop_reason='.', usage=w.Usage(prompt_tokens=1, completion_tokens=2))",
-        "9701a2686902a473746f70a12ec093010200",
+        "9701a2686902a473746f70a12ec09401020000",
     ),
     (
         "KvEventBatch",
@@ -139,6 +139,20 @@ PRE_DISAGGREGATION = [
 def test_messages_from_before_the_disaggregation_fields_decode(expr, golden):
     obj = eval(expr, {"w": w})
     assert w.decoder(type(obj)).decode(bytes.fromhex(golden)) == obj
+
+
+# A Usage from before ``migrations`` was appended (3 fields) decodes as never migrated; an older
+# peer ignores the extra trailing field.
+def test_usage_from_before_the_migrations_field_decodes():
+    usage = w.Usage(prompt_tokens=3, completion_tokens=4, cached_tokens=2)
+    assert w.decoder(w.Usage).decode(bytes.fromhex("93030402")) == usage
+
+    class OldUsage(msgspec.Struct, array_like=True):
+        prompt_tokens: int
+        completion_tokens: int
+        cached_tokens: int = 0
+
+    assert msgspec.msgpack.decode(w.encoder.encode(usage), type=OldUsage) == OldUsage(3, 4, 2)
 
 
 # An ErrorInfo from before ``retryable`` was appended (5 fields) still decodes, as not retryable.

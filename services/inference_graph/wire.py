@@ -257,6 +257,7 @@ class Usage(msgspec.Struct, **_STRUCT):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    migrations: int = 0  # times the choice moved to another worker (not shown to clients; a metric)
 
 
 class ProcessOutput(msgspec.Struct, **_STRUCT):

@@ -18,8 +18,9 @@ REPLY = "The capital of France is Paris. Café, 東京 and 🙂 too."
 MAX_MODEL_LEN = 256
 
 
-def make(tokenizer, script, instances=("w-1",), strategy=None, **kwargs):
-    workers = FakeWorkers(script if callable(script) else (lambda _request: script))
+def make(tokenizer, script, instances=("w-1",), strategy=None, workers=None, **kwargs):
+    """A processor over fake workers that run ``script`` (or over ``workers``)."""
+    workers = workers or FakeWorkers(script if callable(script) else (lambda _request: script))
     processor = Processor(
         tokenizer,
         MAX_MODEL_LEN,

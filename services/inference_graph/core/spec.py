@@ -203,6 +203,14 @@ class RoutingSpec(_Model):
     kv: KvRoutingSpec = Field(
         default_factory=KvRoutingSpec, description="KV-aware router settings (strategy: kv)."
     )
+    migration_limit: int = Field(
+        default=3,
+        ge=0,
+        description="How many times one request (each of its n choices) may move to another decode "
+        "worker when its worker dies, loses its lease or its transport mid-stream: the processor "
+        "re-sends the prompt plus the tokens already streamed, so the client's stream continues. "
+        "0 turns migration off (such a request then ends with a 503 error event).",
+    )
 
 
 class ConditionalDisaggregationSpec(_Model):

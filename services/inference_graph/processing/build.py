@@ -44,6 +44,7 @@ async def running_processor(
         NatsWorkerClient(workers),
         DiscoveryWorkerDirectory(workers_watch, spec.model.name),
         make_strategy(spec.routing.strategy.value, **strategy_args),
+        migration_limit=spec.routing.migration_limit,
     )
     try:
         yield processor

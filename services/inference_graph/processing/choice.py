@@ -44,6 +44,7 @@ class ChoiceState:
         self.num_cached = 0
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
+        self.migrations = 0  # times the processor moved this choice to another worker
 
     @property
     def finished(self) -> bool:
@@ -124,4 +125,5 @@ class ChoiceState:
             prompt_tokens=len(self._options.prompt_ids),
             completion_tokens=self.num_generated,
             cached_tokens=self.num_cached,
+            migrations=self.migrations,
         )

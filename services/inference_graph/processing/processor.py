@@ -8,12 +8,23 @@ cache; seed + i per choice) -> per choice, detokenize and match stop strings
 
 Closing the ``process`` iterator early (client gone) closes every worker
 stream, which cancels the engine requests; so does a stop string match.
+
+Migration: a choice whose worker fails with a retryable server-side error
+(``ServingError.retryable`` and status >= 500: the worker died, its lease
+expired, the transport was cut, it stalled, it shut down) before finishing is
+sent again, routed anew among the other live workers, as the prompt plus every
+token the client already has, with ``max_tokens`` (and ``min_tokens``) reduced
+by that count. The ``ChoiceState`` (detokenizer, stop strings, usage) carries
+on, so the client's stream continues with no token missing or repeated; a
+greedy choice continues exactly as it would have. At most ``migration_limit``
+times per choice (``spec.routing.migrationLimit``; 0: never). docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +40,7 @@ from .routing import RoutingStrategy
 from .tokenization import PromptTokenizer
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _MERGE_QUEUE_FRAMES = 16  # per choice, between the choice tasks and the caller
 
 
@@ -43,11 +55,14 @@ class Processor:
         strategy: RoutingStrategy,
         *,
         stall_timeout: float | None = None,
+        migration_limit: int = 0,
     ) -> None:
         """``tokenizer``: a model directory (or hub id) to load it from, or a loaded one.
 
         ``stall_timeout``: seconds without a worker frame before the request
-        fails with 503; None leaves liveness to the ``WorkerClient``.
+        fails with 503 (or migrates); None leaves liveness to the ``WorkerClient``.
+        ``migration_limit``: how many times one choice may move to another worker
+        after a retryable worker failure (``spec.routing.migrationLimit``); 0: never.
         """
         self.tokenizer = (
             tokenizer if isinstance(tokenizer, PromptTokenizer) else PromptTokenizer.load(tokenizer)
@@ -58,6 +73,8 @@ class Processor:
         self._directory = directory
         self._strategy = strategy
         self._stall_timeout = stall_timeout
+        self.migration_limit = migration_limit
+        self.migrations = 0  # choices re-sent to another worker, since start
 
     def close(self) -> None:
         self.tokenizer.close()
@@ -116,28 +133,94 @@ class Processor:
                 echo_text=echo_text,
             ),
         )
-        stream, output, instance = await self._open(generate, instance)
-        try:
-            while True:
-                frame = state.on_output(output)
-                if frame is not None:
-                    yield frame
-                if state.finished:
-                    break
-                output = await self._next_output(stream, instance)
-        finally:
-            await _close(stream)  # after a stop string match: cancels the engine request
+        prompt_len = len(prompt_ids)
+        generated: list[int] = []  # every token id the choice's state consumed
+        excluded: set[str] = set()  # workers that failed this choice
+        attempt = generate
+        while True:
+            stream: AsyncIterator[wire.GenerateOutput] | None = None
+            try:
+                stream, output, instance = await self._open(attempt, instance, excluded)
+                while True:
+                    if state.migrations and output.num_cached_tokens > prompt_len:
+                        # cached tokens of a migrated prompt include generated ones; usage counts the prompt's
+                        output = msgspec.structs.replace(output, num_cached_tokens=prompt_len)
+                    generated += output.token_ids
+                    frame = state.on_output(output)
+                    if frame is not None:
+                        yield frame
+                    if state.finished:
+                        return
+                    output = await self._next_output(stream, instance)
+            except ServingError as exc:
+                excluded.add(instance)
+                next_instance = await self._migration_target(
+                    exc, state, generate.request_id, prompt_ids + generated, excluded
+                )
+                if next_instance is None:
+                    raise
+                if stream is not None:
+                    await _close(stream)
+                    stream = None
+                state.migrations += 1
+                self.migrations += 1
+                log.warning(
+                    "migrating request %s from worker %s to %s after %d generated tokens "
+                    "(migration %d of at most %d): %s",
+                    generate.request_id, instance, next_instance, len(generated),
+                    state.migrations, self.migration_limit, exc,
+                )  # fmt: skip
+                if len(generated) >= max_tokens:  # all tokens arrived, only the finish was lost
+                    frame = state.on_output(wire.GenerateOutput(token_ids=[], finish_reason="length"))
+                    if frame is not None:
+                        yield frame
+                    return
+                attempt = _continuation(generate, prompt_ids, generated, state.migrations)
+                instance = next_instance
+            finally:
+                if stream is not None:
+                    await _close(stream)  # after a stop string match: cancels the engine request
+
+    async def _migration_target(
+        self,
+        exc: ServingError,
+        state: ChoiceState,
+        request_id: str,
+        token_ids: list[int],
+        excluded: set[str],
+    ) -> str | None:
+        """The worker to continue the choice on after ``exc``, or None when it must fail.
+
+        Only a retryable server-side failure migrates (a 4xx is the request's own
+        fault, and would fail again), only ``migration_limit`` times, and only to a
+        live worker that has not failed this choice; routing sees the continuation
+        (prompt plus generated tokens) as a new request.
+        """
+        if not exc.retryable or exc.status < 500:
+            return None
+        if state.migrations >= self.migration_limit:
+            if self.migration_limit:
+                log.warning(
+                    "request %s failed after %d migrations (the limit): %s",
+                    request_id, state.migrations, exc,
+                )  # fmt: skip
+            return None
+        candidates = [i for i in self._directory.instances() if i not in excluded]
+        if not candidates:
+            log.warning("request %s cannot migrate, no other live worker: %s", request_id, exc)
+            return None
+        return await self._strategy.pick(token_ids, candidates)
 
     async def _open(
-        self, request: wire.GenerateRequest, instance: str
+        self, request: wire.GenerateRequest, instance: str, tried: set[str]
     ) -> tuple[AsyncIterator[wire.GenerateOutput], wire.GenerateOutput, str]:
         """Start the worker stream and read its first frame.
 
         A worker that died moments ago stays in discovery until its lease
         expires; a request sent to it is refused before anything is generated,
-        so it is resent to another live worker instead of failing.
+        so it is resent to another live worker (not in ``tried``, where refusals
+        are added) instead of failing. Not a migration: nothing was generated.
         """
-        tried: set[str] = set()
         while True:
             stream = self._workers.generate(request, instance)
             try:
@@ -151,6 +234,10 @@ class Processor:
                         f"No live worker is available for model {self.model!r}."
                     ) from None
                 instance = await self._strategy.pick(request.token_ids, candidates)
+            except ServingError:
+                tried.add(instance)  # failed otherwise before its first frame: not a candidate again
+                await _close(stream)
+                raise
 
     async def _next_output(
         self, stream: AsyncIterator[wire.GenerateOutput], instance: str
@@ -229,3 +316,22 @@ async def _close(stream: AsyncIterator[Any]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def _continuation(
+    first: wire.GenerateRequest, prompt_ids: list[int], generated: list[int], migration: int
+) -> wire.GenerateRequest:
+    """``first`` (the choice's original worker request) continued after ``generated`` tokens:
+    those tokens join the prompt and the token budgets shrink by as many."""
+    sampling = first.sampling
+    done = len(generated)
+    return msgspec.structs.replace(
+        first,
+        request_id=f"{first.request_id}-m{migration}",  # an engine may still hold the old id
+        token_ids=prompt_ids + generated,
+        sampling=msgspec.structs.replace(
+            sampling,
+            max_tokens=sampling.max_tokens - done,
+            min_tokens=max(0, sampling.min_tokens - done),
+        ),
+    )

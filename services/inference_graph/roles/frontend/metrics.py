@@ -82,6 +82,13 @@ class FrontendMetrics:
             p + "cached_prompt_tokens", "Prompt tokens served from the prefix cache.", ["model"], registry=r
         )
         self.completion_tokens = Counter(p + "completion_tokens", "Generated tokens.", ["model"], registry=r)
+        self.migrations = Counter(
+            p + "migrations",
+            "Times a choice of a completed request moved to another worker after its worker failed "
+            "mid-stream (spec.routing.migrationLimit).",
+            ["model"],
+            registry=r,
+        )
         # The planner sizes prefill from the first and decode's local prefills from the second.
         self.uncached_prompt_tokens = Counter(
             p + "uncached_prompt_tokens",
@@ -136,8 +143,12 @@ class RequestObserver:
                     self._itl.observe(gap)
         self._last[index] = now
 
-    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
+    def usage(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int, migrations: int = 0
+    ) -> None:
         self._m.prompt_tokens.labels(self._model).inc(prompt_tokens)
+        if migrations:
+            self._m.migrations.labels(self._model).inc(migrations)
         self._m.completion_tokens.labels(self._model).inc(completion_tokens)
         if cached_tokens:
             self._m.cached_tokens.labels(self._model).inc(cached_tokens)

@@ -68,16 +68,17 @@ class _Tally:
 
     def usage(self, observer: RequestObserver) -> oa.UsageInfo:
         prompts: dict[int, tuple[int, int]] = {}
-        completion = 0
+        completion = migrations = 0
         for index, choice in self.choices.items():
             if choice.usage is None:
                 completion += choice.num_tokens
                 continue
             completion += choice.usage.completion_tokens
+            migrations += choice.usage.migrations
             prompts[index // self.n] = (choice.usage.prompt_tokens, choice.usage.cached_tokens)
         prompt = sum(p for p, _ in prompts.values())
         cached = sum(c for _, c in prompts.values())
-        observer.usage(prompt, completion, cached)
+        observer.usage(prompt, completion, cached, migrations)
         return oa.UsageInfo(prompt, completion, prompt + completion, oa.PromptTokensDetails(cached))
 
 
