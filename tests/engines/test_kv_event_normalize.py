@@ -8,6 +8,7 @@ import msgspec
 
 from inference_graph import wire
 from inference_graph.engines.vllm_kv_events import decode_payload, normalize_hash
+from support import eventually
 
 
 def test_bytes_and_int_hashes_agree():
@@ -100,7 +101,8 @@ async def test_subscriber_reports_sequence_gaps(tmp_path, caplog):
         assert sub.gaps == 1
         assert "expected batch 2, got 3" in caplog.text
         pending = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(0.05)
+        # close() while the iteration waits for the next batch (its receive is pending)
+        await eventually(lambda: sub._pending, what="the iteration to wait for the next batch")
         sub.close()
         try:
             await asyncio.wait_for(pending, 5)
