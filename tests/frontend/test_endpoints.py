@@ -16,15 +16,7 @@ async def test_models_list(client, directory):
     directory.cards["other"] = ModelCard(name="other", max_model_len=64, created=5, owned_by="me")
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    assert sorted(body["data"], key=lambda m: m["id"]) == [
-        {
-            "id": "other",
-            "object": "model",
-            "created": 5,
-            "owned_by": "me",
-            "max_model_len": 64,
-            "ready": False,
-        },
+    assert body["data"] == [
         {
             "id": MODEL,
             "object": "model",
@@ -33,14 +25,33 @@ async def test_models_list(client, directory):
             "max_model_len": MAX_MODEL_LEN,
             "ready": True,
         },
-    ]
+    ]  # "other" has no ready worker yet: not listed
+
+    directory.set_ready("other", True)
+    body = (await client.get("/v1/models")).json()
+    assert sorted(m["id"] for m in body["data"]) == sorted(["other", MODEL])
 
 
-async def test_models_retrieve(client):
+async def test_a_model_is_listed_only_while_a_worker_can_serve_it(client, directory):
+    """A client that polls /v1/models and asks once its model is there gets 200, never 503."""
+    directory.set_ready(MODEL, False)
+    assert (await client.get("/v1/models")).json()["data"] == []
+    assert (await client.get(f"/v1/models/{MODEL}")).status_code == 404
+    directory.set_ready(MODEL, True)
+    assert [m["id"] for m in (await client.get("/v1/models")).json()["data"]] == [MODEL]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+
+
+async def test_models_retrieve(client, directory):
     assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
     r = await client.get("/v1/models/org/nope")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "model_not_found"
+    directory.cards["cold"] = ModelCard(name="cold", max_model_len=64, ready=False)
+    r = await client.get("/v1/models/cold")
+    assert r.status_code == 404
+    assert r.json()["error"]["message"] == "The model `cold` has no ready worker yet."
 
 
 async def test_sdk_models(oai):

@@ -105,14 +105,20 @@ def _model_object(card: ModelCard) -> oa.ModelObject:
 
 
 async def list_models(request: Request) -> Response:
+    """The models a request can be served for now: those with a ready worker (as vLLM's and Dynamo's
+    servers list them), so a client that waits for its model here gets an answer, not a 503."""
     cards = request.app.state.directory.models()
-    return _json(oa.ModelList([_model_object(c) for c in cards.values()]))
+    return _json(oa.ModelList([_model_object(c) for c in cards.values() if c.ready]))
 
 
 async def get_model(request: Request, model: str) -> Response:
     card = request.app.state.directory.models().get(model)
-    if card is None:
-        message = f"The model `{model}` does not exist."
+    if card is None or not card.ready:
+        message = (
+            f"The model `{model}` does not exist."
+            if card is None
+            else f"The model `{model}` has no ready worker yet."
+        )
         return error_response(invalid_request(message, "model", "model_not_found", status=404).info)
     return _json(_model_object(card))
 
