@@ -11,9 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+
+from support import eventually_sync
 
 REPO = Path(__file__).parents[2]
 
@@ -43,17 +44,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def http_status(url: str) -> int | None:
@@ -99,7 +89,7 @@ class LocalGraph:
             return http_status(self.base_url + "/health") == 200
 
         try:
-            wait_for(ready, timeout, "the graph to become ready", interval=0.25)
+            eventually_sync(ready, timeout=timeout, interval=0.25, what="the graph to become ready")
         except AssertionError:
             self.stop()
             raise

@@ -4,14 +4,12 @@ load metrics say so), and greedy output is the same whichever way a prompt was p
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import httpx
 import pytest
 
 from inference_graph.core.spec import Role
 from inference_graph.runtime.discovery import Discovery
+from support import eventually
 
 from .conftest import TINY_OVERRIDES
 from .test_disagg_simulated import LoadWatch
@@ -29,10 +27,12 @@ async def completion(http: httpx.AsyncClient, prompt: list[int]) -> dict:
 async def prefill_worker_registered(infrastructure, name: str, timeout: float = 120.0) -> None:
     discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
     try:
-        deadline = time.monotonic() + timeout
-        while not await discovery.list_instances(name, Role.PREFILL.value):
-            assert time.monotonic() < deadline, "no prefill worker registered"
-            await asyncio.sleep(0.2)
+        await eventually(
+            lambda: discovery.list_instances(name, Role.PREFILL.value),
+            timeout=timeout,
+            interval=0.2,
+            what="a prefill worker to register",
+        )
     finally:
         await discovery.close()
 

@@ -1,7 +1,6 @@
 """KV-aware routing end to end: the router role with 4 simulated workers, and with 2 real vLLM
 workers; requests sharing a prefix land on the worker that holds it."""
 
-import asyncio
 import os
 import signal
 from pathlib import Path
@@ -14,6 +13,7 @@ from inference_graph import wire
 from inference_graph.core.spec import Role
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.request_plane import EndpointClient
+from support import eventually
 
 from .conftest import TINY_OVERRIDES
 from .graph import descendants
@@ -35,15 +35,6 @@ async def _router_knows_prefix(nc, namespace: str, workers: list[str]) -> bool:
         await client.close()
 
 
-async def until(condition, timeout: float) -> None:
-    """Poll the async ``condition`` until it holds; ``TimeoutError`` after ``timeout`` s."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if await condition():
-                return
-            await asyncio.sleep(0.05)
-
-
 async def graph_complete(discovery, name: str, workers: int) -> bool:
     """The router registers once it listens, has rebuilt its index and serves."""
     routers = await discovery.list_instances(name, Role.ROUTER.value)
@@ -57,7 +48,7 @@ async def cached_tokens_of_shared_prefix_requests(
     discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
     nc = await nats.connect(infrastructure["NATS_SERVER"])
     try:
-        await until(lambda: graph_complete(discovery, name, workers), 60)
+        await eventually(lambda: graph_complete(discovery, name, workers), timeout=60, interval=0.05)
         ids = sorted(await discovery.list_instances(name, Role.DECODE.value))
 
         async with httpx.AsyncClient(base_url=graph.base_url, timeout=60) as http:
@@ -71,7 +62,9 @@ async def cached_tokens_of_shared_prefix_requests(
                 return usage["prompt_tokens_details"]["cached_tokens"]
 
             assert await complete([900, 901, 902]) == 0  # warms one worker
-            await until(lambda: _router_knows_prefix(nc, name, ids), 10)  # events are asynchronous
+            await eventually(
+                lambda: _router_knows_prefix(nc, name, ids), timeout=10, interval=0.05
+            )  # events are asynchronous
             return [await complete([910 + i, 920 + i, 930 + i, 940 + i]) for i in range(8)]
     finally:
         await nc.close()
@@ -112,7 +105,7 @@ async def router_restart_rebuilds_before_registering(graph, name: str, infrastru
         async def replaced() -> bool:
             return bool(set(await discovery.list_instances(name, Role.ROUTER.value)) - old)
 
-        await until(replaced, 30)
+        await eventually(replaced, timeout=30, interval=0.05)
         workers = sorted(await discovery.list_instances(name, Role.DECODE.value))
         assert await _router_knows_prefix(nc, name, workers)
     finally:

@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from inference_graph.runtime.embedded import free_port
+from support import eventually_sync
 
 from .conftest import TINY_OVERRIDES
-from .graph import REPO, LocalGraph, alive, descendants, wait_for
+from .graph import REPO, LocalGraph, alive, descendants
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -55,4 +56,9 @@ def test_stopping_the_launcher_leaves_no_process(tmp_path, tiny_model, how):
     else:
         graph.proc.kill()  # the launcher cannot clean up: the kernel must take its children
         graph.stop()
-    wait_for(lambda: not any(alive(p) for p in processes), 30, "every process of the graph to exit")
+    eventually_sync(
+        lambda: [p for p in processes if alive(p)],
+        until=lambda left: not left,
+        timeout=30,
+        what="every process of the graph to exit",
+    )
