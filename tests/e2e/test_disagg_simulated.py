@@ -4,18 +4,21 @@ prefill and decode workers under load, and a prefill worker killed while request
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
-import time
 
 import httpx
 import nats
 import pytest
 
+from inference_graph import wire
 from inference_graph.core.spec import Role
+from inference_graph.roles.worker.remote_prefill import prefill_done_subject
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.event_plane import subscribe_load
-from inference_graph.runtime.prefill_queue import PrefillQueue
+from inference_graph.runtime.prefill_queue import CONSUMER, PrefillQueue
+from support import eventually
 
 from .conftest import TINY_OVERRIDES
 
@@ -39,10 +42,7 @@ class LoadWatch:
         await subscribe_load(self._nc, namespace, on_load)
 
     async def wait(self, predicate, what: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while not predicate(self.latest):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.latest}"
-            await asyncio.sleep(0.1)
+        await eventually(lambda: self.latest, until=predicate, timeout=timeout, interval=0.1, what=what)
 
     def total(self, field: str) -> int:
         return sum(getattr(m, field) for m in self.latest.values())
@@ -51,17 +51,29 @@ class LoadWatch:
         await self._nc.close()
 
 
-async def queue_builds_up(url: str, namespace: str, timeout: float = 30.0) -> None:
-    """Until requests wait in the graph's prefill queue (read from JetStream directly)."""
-    nc = await nats.connect(url)
-    try:
-        queue = PrefillQueue(nc, namespace)
-        deadline = time.monotonic() + timeout
-        while await queue.depth() < 2:
-            assert time.monotonic() < deadline, "the prefill queue never built up"
-            await asyncio.sleep(0.05)
-    finally:
-        await nc.close()
+class QueueWatch:
+    """The graph's prefill queue read from JetStream directly, and every prefill result a prefill
+    worker sends to a decode worker (a passive subscriber beside the decode workers)."""
+
+    async def start(self, url: str, namespace: str) -> None:
+        self._nc = await nats.connect(url)
+        self.queue = PrefillQueue(self._nc, namespace)
+        self.results: list[wire.PrefillResult] = []
+        decode = wire.decoder(wire.PrefillResult)
+
+        async def on_result(msg) -> None:
+            self.results.append(decode.decode(msg.data))
+
+        every_decode_worker = prefill_done_subject(namespace, "any").rsplit(".", 1)[0] + ".*"
+        await self._nc.subscribe(every_decode_worker, cb=on_result)
+        await self._nc.flush()
+
+    async def consumer(self):
+        """The shared pull consumer: ``num_ack_pending`` (pulled, not yet acked), ``delivered``."""
+        return await self._nc.jetstream().consumer_info(self.queue.stream, CONSUMER)
+
+    async def close(self) -> None:
+        await self._nc.close()
 
 
 async def complete(http: httpx.AsyncClient, length: int, seed: int, max_tokens: int = 8) -> dict:
@@ -121,9 +133,11 @@ async def test_killing_a_prefill_worker_loses_and_repeats_no_request(start_graph
             "disaggregation.conditional.maxPrefillQueueSize=64",
             "disaggregation.queue.ackWaitSeconds=2",
         ],
+        env={"IG_LOAD_INTERVAL": "0.05"},
     )
-    watch = LoadWatch()
+    watch, queue = LoadWatch(), QueueWatch()
     await watch.start(infrastructure["NATS_SERVER"], name)
+    await queue.start(infrastructure["NATS_SERVER"], name)
     discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
     try:
         prefills = await discovery.list_instances(name, Role.PREFILL.value)
@@ -131,17 +145,53 @@ async def test_killing_a_prefill_worker_loses_and_repeats_no_request(start_graph
         victim = next(iter(prefills.values()))
         async with httpx.AsyncClient(base_url=graph.base_url, timeout=120) as http:
             requests = [asyncio.create_task(complete(http, 1500, i)) for i in range(16)]
-            await queue_builds_up(infrastructure["NATS_SERVER"], name)
-            os.kill(victim.pid, signal.SIGKILL)  # dies holding pulled requests, with more queued
+            # Kill it while it prefills a request it pulled (acked only after its decode worker
+            # took the KV) and more requests wait in the queue.
+            await eventually(queue.queue.depth, until=lambda depth: depth >= 2, timeout=30, what="a queue")
+            await watch.wait(
+                lambda latest: victim.instance_id in latest and latest[victim.instance_id].running >= 1,
+                "the victim prefilling a request it pulled",
+            )
+            held = await queue.consumer()
+            os.kill(victim.pid, signal.SIGKILL)
             results = await asyncio.gather(*requests)
-        assert len(results) == 16 and all(r["usage"]["completion_tokens"] == 8 for r in results)
+        assert held.num_ack_pending >= 1, "nothing was pulled and unacked when the worker was killed"
+        # What it held was not lost: the queue delivered it again (after ackWait) to the other worker.
+        # The consumer numbers every delivery, redeliveries included, and every message once.
+        delivered = (await queue.consumer()).delivered
+        assert delivered.consumer_seq > delivered.stream_seq, (
+            f"no pulled request was redelivered: {delivered}"
+        )
+
+        assert len({r["id"] for r in results}) == 16
+        assert all(r["usage"]["completion_tokens"] == 8 for r in results)
         await watch.wait(
             lambda latest: sum(m.local_prefills + m.remote_prefills for m in latest.values()) == 16,
-            "each request prefilled exactly once as the decode worker saw it",
+            "every request counted by its decode worker",
         )
+        # Per request, who sent its decode worker a prefill result. None: lost with the victim (and
+        # prefilled locally after the remote timeout). More than one from a worker: prefilled twice.
+        # The one duplicate allowed is the kill racing an ack: the victim reported, died before acking,
+        # and the queue redelivered the request to the survivor (its decode worker ignores the second).
+        survivor = next(i for i in prefills if i != victim.instance_id)
+        senders = collections.defaultdict(list)
+        for result in queue.results:
+            assert result.error is None, result
+            senders[result.request_id].append(result.prefill_instance_id)
+        assert len(senders) == watch.total("remote_prefills") == 16, dict(senders)
+        for request_id, sent_by in senders.items():
+            assert sorted(sent_by) in (
+                [victim.instance_id],
+                [survivor],
+                sorted([victim.instance_id, survivor]),
+            ), (
+                request_id,
+                sent_by,
+            )
         assert watch.total("kv_transfer_failures") == 0
     finally:
         await discovery.close()
+        await queue.close()
         await watch.close()
 
 
