@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
+
+from support import eventually_sync
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(120)]
 
@@ -44,11 +45,18 @@ def test_engine_core_dies_when_its_parent_is_killed(tiny_model_path, tmp_path):
     )
     kids: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 90
-        line = ""
-        while not line.startswith("READY"):
-            assert time.monotonic() < deadline and proc.poll() is None, "the engine did not start"
-            line = proc.stdout.readline()
+
+        def next_line() -> str:
+            assert proc.poll() is None, "the engine exited before it was ready"
+            return proc.stdout.readline()
+
+        line = eventually_sync(
+            next_line,
+            until=lambda line: line.startswith("READY"),
+            timeout=90,
+            interval=0,
+            what="the engine to start",
+        )
         tmpdir, *pids = line.split()[1:]
         kids = [psutil.Process(int(pid)) for pid in pids]
         engine_core = [p for p in kids if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
@@ -57,10 +65,12 @@ def test_engine_core_dies_when_its_parent_is_killed(tiny_model_path, tmp_path):
         proc.wait()
         _gone, alive = psutil.wait_procs(engine_core, timeout=20)
         assert not alive, "the engine core outlived its parent"
-        deadline = time.monotonic() + 10
-        while os.path.exists(tmpdir):  # the guard also removes the engine's private temp dir
-            assert time.monotonic() < deadline, f"{tmpdir} was left behind"
-            time.sleep(0.05)
+        eventually_sync(  # the guard also removes the engine's private temp dir
+            lambda: os.path.exists(tmpdir),
+            until=lambda exists: not exists,
+            timeout=10,
+            what=f"{tmpdir} removed",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
