@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
 import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from inference_graph.core.spec import InferenceGraph, Role
 
@@ -76,7 +77,8 @@ class GraphController:
         self._current: dict[str, int] = {}  # graph uid -> generation last reconciled without failures
 
     def forget(self, uid: str | None) -> None:
-        self._current.pop(uid, None)
+        if uid is not None:
+            self._current.pop(uid, None)
 
     def is_current(self, uid: str | None, generation: int | None) -> bool:
         """Whether a pass already applied this generation of this object (its children events still
@@ -132,6 +134,7 @@ class GraphController:
             if action.verb is Verb.DELETE:
                 children.pop(action.key, None)
             else:
+                assert after is not None, "only a delete returns no object"
                 children[action.key] = after
             if action.verb is Verb.PATCH and _version(before) == _version(after):
                 # The server took the patch and changed nothing: it stores the field in another
@@ -142,7 +145,7 @@ class GraphController:
             result.actions.append(f"{action.verb} {action.key[0]} {action.key[1]} ({action.why})")
         return list(children.values()), sorted(conflicts)
 
-    def _do(self, action: Action, uid: str) -> dict[str, Any] | object | None:
+    def _do(self, action: Action, uid: str) -> dict[str, Any] | Literal[_Outcome.CONFLICT] | None:
         if action.verb is Verb.DELETE:
             self.api.delete(action.obj)
             return None
@@ -202,7 +205,11 @@ class GraphController:
             log.warning("%s/%s: %s", namespace, name, line)
 
 
-_CONFLICT = object()
+class _Outcome(enum.Enum):
+    CONFLICT = "conflict"  # the object exists and another owner controls it
+
+
+_CONFLICT = _Outcome.CONFLICT
 
 
 def _version(obj: Mapping[str, Any] | None) -> str | None:

@@ -124,7 +124,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     """type and description first, so the generated YAML reads well."""
-    head = {k: node[k] for k in ("type", "description") if k in node}
+    head: dict[str, Any] = {k: node[k] for k in ("type", "description") if k in node}
     return {**head, **{k: v for k, v in node.items() if k not in head}}
 
 
@@ -212,8 +212,10 @@ def openapi_schema() -> dict[str, Any]:
     }
 
 
-def _column(name: str, path: str, description: str, kind: str = "string", priority: int = 0) -> dict:
-    column = {"name": name, "type": kind, "jsonPath": path, "description": description}
+def _column(
+    name: str, path: str, description: str, kind: str = "string", priority: int = 0
+) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path, "description": description}
     if priority:
         column["priority"] = priority
     return column

@@ -172,6 +172,8 @@ def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def _reason(body: bytes | str | None, fallback: str | None) -> str:
     """The API server's Status message when there is one, else the HTTP reason."""
+    if body is None:
+        return str(fallback)
     try:
         return json.loads(body).get("message") or str(fallback)
     except (TypeError, ValueError, AttributeError):

@@ -351,8 +351,11 @@ def _with_transition_times(
     out = []
     for cond in new:
         before = previous.get(cond["type"])
-        same = before is not None and before.get("status") == cond["status"]
-        out.append({**cond, "lastTransitionTime": before.get("lastTransitionTime", now) if same else now})
+        if before is not None and before.get("status") == cond["status"]:
+            changed = before.get("lastTransitionTime", now)
+        else:
+            changed = now
+        out.append({**cond, "lastTransitionTime": changed})
     return out
 
 

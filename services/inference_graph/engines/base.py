@@ -7,7 +7,7 @@ through ``create_engine``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,12 +33,16 @@ class EngineLoad:
 
 class Engine(Protocol):
     info: EngineInfo
-    kv_transfer: KvTransfer | None  # set when the engine can run PREFILL/DECODE phases (disaggregation)
+
+    @property
+    def kv_transfer(self) -> KvTransfer | None:
+        """Set when the engine can run PREFILL/DECODE phases (disaggregation); read-only here, so an
+        engine may hold its own transfer type."""
 
     async def start(self) -> None:
         """Load the model; ``info`` is valid afterwards."""
 
-    def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
+    def generate(self, request: wire.GenerateRequest) -> AsyncGenerator[wire.GenerateOutput, None]:
         """Stream outputs. Closing the iterator early (``aclose`` or task
         cancellation) must abort the engine request and free its KV blocks.
 

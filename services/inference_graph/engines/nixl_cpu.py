@@ -17,6 +17,7 @@ not used.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.nixl import NixlConnector, base_worker
@@ -26,18 +27,23 @@ log = logging.getLogger(__name__)
 __all__ = ["NixlConnector"]
 
 
-def _without_progress_thread() -> None:
-    original = base_worker.nixl_agent_config
-    if original is None or getattr(original, "without_progress_thread", False):
-        return
+class _ConfigWithoutProgressThread:
+    """NIXL's ``nixl_agent_config`` factory, always with ``enable_prog_thread=False``."""
 
-    def config(*args: Any, **kwargs: Any):
+    def __init__(self, original: Callable[..., Any]):
+        self.original = original
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["enable_prog_thread"] = False
         log.info("NIXL agent created without its progress thread (CPU buffers)")
-        return original(*args, **kwargs)
+        return self.original(*args, **kwargs)
 
-    config.without_progress_thread = True
-    base_worker.nixl_agent_config = config
+
+def _without_progress_thread() -> None:
+    original = base_worker.nixl_agent_config
+    if original is None or isinstance(original, _ConfigWithoutProgressThread):
+        return
+    base_worker.nixl_agent_config = _ConfigWithoutProgressThread(original)
 
 
 _without_progress_thread()

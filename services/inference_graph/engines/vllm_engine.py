@@ -43,7 +43,7 @@ import gc
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,10 +220,10 @@ class VllmEngine:
         endpoint = f"ipc://{self._tmpdir}/kv-events.sock"
         # Subscribe before the engine exists so no event is published unheard.
         self._events = KvEventSubscriber(endpoint, KV_TOPIC)
-        self._guard = ChildGuard()
-        self._guard.remove_on_death(self._tmpdir)
+        self._guard = guard = ChildGuard()
+        guard.remove_on_death(self._tmpdir)
         me = psutil.Process()
-        before = {p.pid for p in me.children()} | {self._guard.pid}
+        before = {p.pid for p in me.children()} | {guard.pid}
 
         built: list[AsyncLLM] = []
 
@@ -239,7 +239,7 @@ class VllmEngine:
         def guard_new_children() -> None:
             for child in me.children():
                 if child.pid not in before and "resource_tracker" not in " ".join(_cmdline(child)):
-                    self._guard.watch(child.pid)
+                    guard.watch(child.pid)
 
         task = asyncio.ensure_future(asyncio.to_thread(build))
         try:
@@ -250,11 +250,17 @@ class VllmEngine:
             llm = built.pop()
         except BaseException:
             # Failed or cancelled while loading: whatever vLLM started must go.
-            guard, self._guard = self._guard, None
+            self._guard = None
             if task.done():
                 guard.terminate_watched()
             else:  # cancelled: let the load finish in its thread, then stop it
-                task.add_done_callback(lambda _: ([x.shutdown() for x in built], guard.terminate_watched()))
+
+                def stop_late(_: object) -> None:
+                    for x in built:
+                        x.shutdown()
+                    guard.terminate_watched()
+
+                task.add_done_callback(stop_late)
             self._cleanup()
             exc = task.exception() if task.done() and not task.cancelled() else None
             if exc is not None and not isinstance(exc, _ConfigError):
@@ -309,7 +315,7 @@ class VllmEngine:
         async for batch in self._events.batches():
             yield batch
 
-    async def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
+    async def generate(self, request: wire.GenerateRequest) -> AsyncGenerator[wire.GenerateOutput, None]:
         from vllm.inputs import tokens_input
 
         llm = self._require()

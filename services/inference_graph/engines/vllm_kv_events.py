@@ -98,13 +98,14 @@ class KvEventSubscriber:
         self._sock.connect(endpoint)
         self._expected_seq = 0
         self._closed = False
-        self._pending: asyncio.Future | None = None
+        self._pending: asyncio.Future[list[bytes]] | None = None
         self.gaps = 0  # number of sequence gaps seen (lost batches)
 
     async def batches(self) -> AsyncIterator[list[wire.KvEvent]]:
         """Normalised events, one list per engine batch with at least one event."""
         while not self._closed:
-            self._pending = self._sock.recv_multipart()
+            # pyzmq returns a Future (ensure_future hands it back as is); its stub says Awaitable.
+            self._pending = asyncio.ensure_future(self._sock.recv_multipart())
             try:
                 frames = await self._pending
             except asyncio.CancelledError:

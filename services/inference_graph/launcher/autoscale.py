@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator
 
 from ..core.instances import RoleInstance
@@ -62,14 +63,16 @@ async def apply_planner_decisions(
         await discovery.close()
 
 
+def _decision_changed(applied: dict[str, int], snapshot: dict[str, dict[str, int]]) -> bool:
+    return snapshot.get("replicas", applied) != applied
+
+
 async def _apply_forever(
     watch: PrefixWatch[str, dict[str, int]], by_role: dict[str, RoleInstance], supervisor: Supervisor
 ) -> None:
     applied: dict[str, int] = {}
     while True:
-        snapshot = await watch.wait_for(
-            lambda snap, seen=applied: snap.get("replicas", seen) != seen, timeout=None
-        )
+        snapshot = await watch.wait_for(functools.partial(_decision_changed, applied), timeout=None)
         decision = snapshot["replicas"]
         for role, count in decision.items():
             if role in by_role and applied.get(role) != count:

@@ -195,7 +195,7 @@ async def _serve_until_stopped(
         ready.result()
         print(f"ready: {base}/v1 serving {graph.spec.model.name!r} (Ctrl-C to stop)", flush=True)
         crashed = asyncio.ensure_future(supervisor.failed)
-        await asyncio.wait({stopped, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((stopped, crashed), return_when=asyncio.FIRST_COMPLETED)
         if crashed.done():
             crashed.result()
     ready.cancel()

@@ -20,6 +20,7 @@ workers run in seconds on one core. It reproduces what the planner acts on:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
@@ -230,7 +231,7 @@ class Cluster:
             outputs = max(1, round(phase.output_tokens * rng.uniform(0.9, 1.1)))
             request = SimRequest(len(self.requests), t, inputs, outputs)
             self.requests.append(request)
-            self._at(t, lambda r=request: self._arrive(r))
+            self._at(t, functools.partial(self._arrive, request))
 
     # ------------------------------------------------------------ request flow
 

@@ -6,14 +6,16 @@ ones. The processor only ever sees these two interfaces.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from .. import wire
 
 
 class WorkerClient(Protocol):
-    def generate(self, request: wire.GenerateRequest, instance_id: str) -> AsyncIterator[wire.GenerateOutput]:
+    def generate(
+        self, request: wire.GenerateRequest, instance_id: str
+    ) -> AsyncGenerator[wire.GenerateOutput, None]:
         """Stream a worker's outputs for ``request`` from instance ``instance_id``.
 
         The result is an async generator (it has ``aclose``). Closing it before

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -79,7 +79,7 @@ class Processor:
     def close(self) -> None:
         self.tokenizer.close()
 
-    async def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]:
+    async def process(self, request: wire.ProcessRequest) -> AsyncGenerator[wire.ProcessOutput, None]:
         """Stream the request's choices; raises ``ServingError`` (before or mid-stream)."""
         if request.n < 1:
             raise invalid_request("n must be at least 1.", param="n")

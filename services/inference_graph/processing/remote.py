@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import msgspec
 
@@ -39,7 +39,7 @@ class NatsWorkerClient:
 
     async def generate(
         self, request: wire.GenerateRequest, instance_id: str
-    ) -> AsyncIterator[wire.GenerateOutput]:
+    ) -> AsyncGenerator[wire.GenerateOutput, None]:
         payload = self._encode(request)
         stream = self._client.stream_batches(
             GENERATE_ENDPOINT, payload, instance_id, ack_timeout=self._ack_timeout

@@ -317,8 +317,8 @@ class PrefixWatch(Generic[K, V]):
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
-    async def wait_for(self, predicate: Callable[[dict[K, V]], bool], timeout: float) -> dict[K, V]:
-        """Wait until ``predicate(snapshot)`` holds; ``TimeoutError`` after ``timeout`` s."""
+    async def wait_for(self, predicate: Callable[[dict[K, V]], bool], timeout: float | None) -> dict[K, V]:
+        """Wait until ``predicate(snapshot)`` holds; ``TimeoutError`` after ``timeout`` s (None: never)."""
         async with asyncio.timeout(timeout):
             while not predicate(self._snapshot):
                 self._changed.clear()

@@ -35,7 +35,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -57,7 +57,7 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], AsyncIterator[bytes]]
+Handler = Callable[[bytes], AsyncGenerator[bytes, None]]
 
 _encode = wire.encoder.encode
 _NO_RESPONDERS = "503"
@@ -249,7 +249,7 @@ class EndpointClient:
         *,
         ack_timeout: float = 5.0,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Send one request; yield each DATA payload; return at END; raise at ERROR.
 
         Load-balanced across the component unless ``instance_id`` is given. Leaving
@@ -273,7 +273,7 @@ class EndpointClient:
         *,
         ack_timeout: float = 5.0,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """Like ``stream``, but yields every DATA payload that has already arrived as one list.
 
         A caller that keeps up gets one payload per list; one that lags gets what

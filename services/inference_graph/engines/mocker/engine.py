@@ -23,7 +23,7 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -191,7 +191,7 @@ class MockerEngine:
         self._publish()
         return True
 
-    async def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
+    async def generate(self, request: wire.GenerateRequest) -> AsyncGenerator[wire.GenerateOutput, None]:
         sched = self._require()
         seq = self._sequence(request)
         stream: _Stream = seq.sink
@@ -208,6 +208,7 @@ class MockerEngine:
                         raise stream.error
                     frame = self._frame(seq, stream, finished)
                     if finished and request.phase == wire.Phase.PREFILL:
+                        assert self.kv_transfer is not None, "_sequence refuses a prefill without one"
                         frame.kv_transfer_params = self.kv_transfer.params(seq.num_prompt, self.engine_id)
                         if seq.lend_kv:
                             self._lent[request.request_id] = seq

@@ -31,6 +31,7 @@ Differences from vLLM, on purpose:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ... import wire
@@ -117,7 +118,7 @@ class KvCache:
     # ------------------------------------------------------------ changes
 
     def allocate(
-        self, seq: BlockOwner, num_tokens: int, hits: list[Block] = (), must_fit_tokens: int = 0
+        self, seq: BlockOwner, num_tokens: int, hits: Sequence[Block] = (), must_fit_tokens: int = 0
     ) -> bool:
         """Give ``seq`` blocks for its first ``num_tokens`` tokens; False (and no change) if short.
 
@@ -152,6 +153,7 @@ class KvCache:
             self._empty -= 1
             return block
         victim, _ = self._lru.popitem(last=False)
+        assert victim.hash is not None, "the LRU holds only cached (hashed) blocks"
         del self._cached[victim.hash]
         self._removed.append(victim.hash)
         return block

@@ -155,6 +155,12 @@ class Sequence:
         )
 
 
+def _transfer_end(seq: Sequence) -> float:
+    """When the KV transfer of a sequence in ``receiving`` or ``releasing`` ends (clock time)."""
+    assert seq.transfer_until is not None, "a receiving or releasing sequence has a transfer end"
+    return seq.transfer_until
+
+
 @dataclass
 class Step:
     """One planned engine step."""
@@ -218,16 +224,16 @@ class Scheduler:
 
     def next_transfer_end(self) -> float | None:
         """When the earliest KV transfer in progress ends (clock time), if any."""
-        ends = [s.transfer_until for s in (*self.receiving, *self.releasing)]
+        ends = [_transfer_end(s) for s in (*self.receiving, *self.releasing)]
         return min(ends) if ends else None
 
     def _finish_transfers(self) -> None:
         now = self.clock()
-        for seq in [s for s in self.releasing if s.transfer_until <= now]:
+        for seq in [s for s in self.releasing if _transfer_end(s) <= now]:
             self.releasing.remove(seq)
             seq.transfer_until = None
             self.kv.free(seq)
-        for seq in [s for s in self.receiving if s.transfer_until <= now]:
+        for seq in [s for s in self.receiving if _transfer_end(s) <= now]:
             self.receiving.remove(seq)
             seq.transfer_until = None
             seq.num_computed = seq.num_prompt - 1
@@ -357,7 +363,10 @@ class Scheduler:
             n_out = seq.num_outputs
             early = n_out < seq.min_tokens
             token = sampler.next_token(
-                seq.tokens, seq.key, not early and bool(seq.eos_ids), seq.banned_early if early else ()
+                seq.tokens,
+                seq.key,
+                not early and bool(seq.eos_ids),
+                seq.banned_early if early else frozenset(),
             )
             logprob = None
             if seq.logprobs is not None:

@@ -34,6 +34,7 @@ import functools
 import json
 import math
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +55,13 @@ def _mix(a: int, b: int) -> int:
     return z ^ (z >> 31)
 
 
-def _ids(value: object) -> list[int]:
+def _ids(value: int | Iterable[int] | None) -> list[int]:
+    """A config's token id field (``eos_token_id`` and the like): one id, a list of them, or none."""
     if value is None:
         return []
     if isinstance(value, int):
         return [value]
-    return [int(v) for v in value]  # type: ignore[union-attr]
+    return [int(v) for v in value]
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ def _messages(messages: list[oa.Message]) -> list[wire.ChatMessage]:
 def prepare_chat(req: oa.ChatCompletionRequest, card: ModelCard) -> Prepared:
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
+    max_tokens: int | None
     if req.max_completion_tokens is not None:
         max_tokens, max_param = req.max_completion_tokens, "max_completion_tokens"
     else:

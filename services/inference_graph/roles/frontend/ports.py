@@ -6,7 +6,7 @@ runtime wires them to the request plane (NATS) and discovery (etcd).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import msgspec
@@ -44,7 +44,7 @@ class ProcessorClient(Protocol):
     must then cancel the engine request.
     """
 
-    def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]: ...
+    def process(self, request: wire.ProcessRequest) -> AsyncGenerator[wire.ProcessOutput, None]: ...
 
 
 class ModelDirectory(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 
@@ -27,7 +27,7 @@ class NatsProcessorClient:
         self._encode = wire.encoder.encode
         self._decode = wire.decoder(wire.ProcessOutput).decode
 
-    async def process(self, request: wire.ProcessRequest) -> AsyncIterator[wire.ProcessOutput]:
+    async def process(self, request: wire.ProcessRequest) -> AsyncGenerator[wire.ProcessOutput, None]:
         stream = self._client.stream_batches(
             PROCESS_ENDPOINT, self._encode(request), ack_timeout=self._ack_timeout
         )

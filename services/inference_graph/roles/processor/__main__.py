@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ... import wire
 from ...core.spec import Role
@@ -20,7 +20,7 @@ def make_handler(processor: Processor):
     decode = wire.decoder(wire.ProcessRequest).decode
     encode = wire.encoder.encode
 
-    async def handle(payload: bytes) -> AsyncIterator[bytes]:
+    async def handle(payload: bytes) -> AsyncGenerator[bytes, None]:
         request = decode(payload)
         # A ServingError (a bad request, no worker, a worker's error) reaches the frontend as it is.
         async with contextlib.aclosing(processor.process(request)) as outputs:

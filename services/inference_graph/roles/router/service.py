@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -141,7 +141,7 @@ class RouterService:
         try:
             seq, blocks = await self._fetch_snapshot(worker)
         except Exception as exc:  # any failure means "no snapshot": fall back
-            log.warning("no KV snapshot from %s (%s)", worker, exc or type(exc).__name__)
+            log.warning("no KV snapshot from %s (%s)", worker, str(exc) or type(exc).__name__)
             seq, blocks = None, {}
             self.metrics.snapshots.labels("failed").inc()
         if self._sync_tasks.get(worker) is not asyncio.current_task():
@@ -210,7 +210,7 @@ class RouterService:
         decode = wire.decoder(wire.RouteRequest).decode
         encode = wire.encoder.encode
 
-        async def handle(payload: bytes) -> AsyncIterator[bytes]:
+        async def handle(payload: bytes) -> AsyncGenerator[bytes, None]:
             request = decode(payload)
             if not request.workers:
                 raise invalid_request("no candidate workers")
@@ -226,7 +226,7 @@ class RouterService:
     def make_metrics_handler(self):
         """Prometheus text exposition, one frame (the request body is ignored)."""
 
-        async def handle(payload: bytes) -> AsyncIterator[bytes]:
+        async def handle(payload: bytes) -> AsyncGenerator[bytes, None]:
             yield self.metrics.exposition()
 
         return handle
@@ -253,7 +253,7 @@ def _block_events(batch: wire.KvEventBatch) -> int:
     """Blocks stored or removed in ``batch`` (a clear counts as one event)."""
     n = 0
     for event in batch.events:
-        n += len(event.block_hashes) if type(event) is not wire.AllBlocksCleared else 1
+        n += 1 if isinstance(event, wire.AllBlocksCleared) else len(event.block_hashes)
     return n
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ... import wire
 from ...engines.base import Engine
@@ -20,7 +20,7 @@ def make_generate_handler(engine: Engine):
     decode = wire.decoder(wire.GenerateRequest).decode
     encode = wire.encoder.encode
 
-    async def generate(payload: bytes) -> AsyncIterator[bytes]:
+    async def generate(payload: bytes) -> AsyncGenerator[bytes, None]:
         request = decode(payload)
         # A ServingError the engine raises (a refused request) reaches the client as it is.
         async with contextlib.aclosing(engine.generate(request)) as outputs:

@@ -13,7 +13,7 @@ the batches after it. It costs what the router's own index costs per block
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ... import wire
 from ...core.kv_index import KvIndex
@@ -49,7 +49,7 @@ class KvMirror:
         """The ``kv_snapshot`` endpoint: the request body is ignored; one or more chunks out."""
         encode = wire.encoder.encode
 
-        async def handle(payload: bytes) -> AsyncIterator[bytes]:
+        async def handle(payload: bytes) -> AsyncGenerator[bytes, None]:
             for chunk in self.snapshot():  # taken at once: no batch can land between chunks
                 yield encode(chunk)
 

@@ -30,13 +30,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from ... import wire
 from ...core.kv_index import KvIndex
@@ -104,7 +105,7 @@ class DisaggregatedDecode:
         self.prefix = prefix
         self.counters = DisaggCounters()
         self._pending: dict[str, asyncio.Future] = {}
-        self._sub = None
+        self._sub: Subscription | None = None
         self._decode_result = wire.decoder(wire.PrefillResult).decode
         self._encode = wire.encoder.encode
 
@@ -120,7 +121,7 @@ class DisaggregatedDecode:
 
     # ------------------------------------------------------------ per request
 
-    async def generate(self, request: wire.GenerateRequest) -> AsyncIterator[wire.GenerateOutput]:
+    async def generate(self, request: wire.GenerateRequest) -> AsyncGenerator[wire.GenerateOutput, None]:
         arrival = None
         if await self.prefill_remotely(request):
             arrival = await self._remote_prefill(request)
@@ -185,7 +186,7 @@ class DisaggregatedDecode:
 
     async def _decode_remote(
         self, request: wire.GenerateRequest, result: wire.PrefillResult, reply: str
-    ) -> AsyncIterator[wire.GenerateOutput]:
+    ) -> AsyncGenerator[wire.GenerateOutput, None]:
         status = wire.ReceiptStatus.FAILED  # unless the engine shows it holds the KV
         try:
             self._check_source(result)

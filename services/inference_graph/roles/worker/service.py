@@ -73,6 +73,7 @@ class WorkerInstance:
         """Leave routing first (marked draining, lease kept: callers do not take it for lost),
         then finish the streams in flight, then leave discovery, then stop the engine."""
         if self._registration is not None:
+            assert self._registered is not None, "set with the registration"
             await self.ctx.discovery.mark_draining(self._registration, self._registered)
         if self._disagg is not None:  # a prefill worker stops pulling and finishes what it pulled
             await self._disagg.drain()
