@@ -146,6 +146,8 @@ def cache_dir() -> Path:
         h.update(path.relative_to(BUILD).as_posix().encode())
         h.update(path.read_bytes())
     h.update((inspect.getsource(ldflags) + inspect.getsource(go_env)).encode())
+    if shutil.which("go") is None:
+        sys.exit("cluster: the Go toolchain (go on PATH) builds the cluster's binaries and names their cache")
     goversion = subprocess.run(["go", "env", "GOVERSION", "GOOS", "GOARCH"], capture_output=True, text=True)
     h.update(goversion.stdout.encode())
     return CACHE_ROOT / h.hexdigest()[:16]
@@ -207,10 +209,6 @@ def build(quiet: bool = False) -> Path:
     todo = missing(cache)
     if not todo:
         return cache
-    if shutil.which("go") is None:
-        sys.exit(
-            "cluster: the Go toolchain is needed to build the cluster's binaries (tests/cluster/versions.env)"
-        )
     check_pins(versions)
     (cache / "bin").mkdir(parents=True, exist_ok=True)
     timings = {}
