@@ -18,7 +18,7 @@ Planes (subjects and keys are built in ``inference_graph.runtime.names``):
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -331,9 +331,10 @@ class LoadMetrics(msgspec.Struct, **_STRUCT):
 # ---------------------------------------------------------------- codecs
 
 encoder = msgspec.msgpack.Encoder()
+_T = TypeVar("_T")
 
 
-def decoder(type_: type) -> msgspec.msgpack.Decoder:
+def decoder(type_: type[_T]) -> msgspec.msgpack.Decoder[_T]:
     """A typed decoder; build one per subscription, not per message."""
     return msgspec.msgpack.Decoder(type_)
 

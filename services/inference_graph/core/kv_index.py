@@ -46,7 +46,7 @@ Pure: no I/O, no clocks.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import wire
@@ -130,7 +130,7 @@ class KvIndex:
             held = holders.get(h)
             if held is None:
                 break
-            if held.__class__ is str:  # one holder: the common case
+            if isinstance(held, str):  # one holder: the common case
                 if cand is None:
                     cand = {held}
                 elif held not in cand:
@@ -155,7 +155,7 @@ class KvIndex:
                 result[w] = depth
         return result
 
-    def request_hashes(self, token_ids) -> list[int]:
+    def request_hashes(self, token_ids: Sequence[int]) -> list[int]:
         """The router hashes of a prompt's full blocks (the producer step of a decision)."""
         return hash_blocks(token_ids, self.block_size)
 
@@ -166,7 +166,7 @@ class KvIndex:
         held = self._holders.get(router_hash)
         if held is None:
             return frozenset()
-        return frozenset((held,)) if held.__class__ is str else frozenset(held)
+        return frozenset((held,)) if isinstance(held, str) else frozenset(held)
 
     def router_hashes(self, worker: str) -> set[int]:
         """The router hashes ``worker`` holds (tests, debugging)."""
@@ -237,6 +237,7 @@ class KvIndex:
             return None
         blocks = state.blocks
         parent = event.parent_block_hash
+        router_parent: int | None
         if parent is None:
             router_parent = ROOT_PARENT
         else:
@@ -259,7 +260,7 @@ class KvIndex:
             held = holders.get(router_hash)
             if held is None:
                 holders[router_hash] = worker  # one holder: the id itself, not a one-element set
-            elif held.__class__ is str:
+            elif isinstance(held, str):
                 if held == worker:
                     state.dups[router_hash] = state.dups.get(router_hash, 1) + 1
                 else:
@@ -297,7 +298,7 @@ class KvIndex:
     @staticmethod
     def _unhold(holders: dict[int, str | set[str]], router_hash: int, worker: str) -> None:
         held = holders[router_hash]
-        if held.__class__ is str:
+        if isinstance(held, str):
             del holders[router_hash]
         else:
             held.discard(worker)

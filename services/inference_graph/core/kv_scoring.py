@@ -96,7 +96,7 @@ PRODUCED: frozenset[str] = frozenset(
 
 
 class Scorer(Protocol):
-    name: str
+    name: ScorerName
     consumes: frozenset[str]  # RequestContext fields read; checked against PRODUCED at build time
 
     def score(self, ctx: RequestContext, workers: Sequence[str]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import enum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -632,7 +633,7 @@ def parse_graph(manifest: dict[str, Any]) -> InferenceGraph:
         raise SpecError(field, message) from None
 
 
-def load_graph(path: str | Path, overrides: list[str] = ()) -> InferenceGraph:
+def load_graph(path: str | Path, overrides: Sequence[str] = ()) -> InferenceGraph:
     """Read a manifest file, apply ``--set path=value`` overrides, validate."""
     text = Path(path).read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
@@ -643,7 +644,7 @@ def load_graph(path: str | Path, overrides: list[str] = ()) -> InferenceGraph:
     return parse_graph(manifest)
 
 
-def apply_overrides(manifest: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(manifest: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply Helm-style ``a.b.c=value`` overrides under ``spec`` (or from the root
     when the path starts with ``metadata.``/``spec.``). Values are parsed as YAML
     scalars, so ``4`` is an int and ``true`` a bool."""
