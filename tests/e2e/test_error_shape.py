@@ -35,6 +35,9 @@ OVERRIDES = [
     "engine.type=mocker",
     "engine.mocker.timing=polynomial",  # a 4000-token stream lasts ~25 s
     "services.decode.replicas=1",
+    # The killed worker's stream must end with the error: without this it would migrate to the
+    # worker the launcher restarts (tests/e2e/test_migration.py).
+    "routing.migrationLimit=0",
 ]
 
 
