@@ -81,9 +81,13 @@ async def test_client_disconnect_aborts_the_engine_request_and_frees_its_kv_bloc
 
 
 async def test_killed_worker_fails_its_request_and_leaves_routing(start_graph, infrastructure):
+    """With migration off, the lost request ends with an error event, not a hang (with it on, it
+    moves to the other worker: tests/e2e/test_migration.py)."""
     namespace = "worker-death"
     graph = start_graph(
-        namespace, overrides=[*SLOW_WORKERS, "services.decode.replicas=2"], env={"IG_LOAD_INTERVAL": "0.05"}
+        namespace,
+        overrides=[*SLOW_WORKERS, "services.decode.replicas=2", "routing.migrationLimit=0"],
+        env={"IG_LOAD_INTERVAL": "0.05"},
     )
     discovery = await Discovery.connect(infrastructure["ETCD_ENDPOINTS"].split(","))
     workers = await discovery.watch_instances(namespace, Role.DECODE.value)
