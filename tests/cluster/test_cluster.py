@@ -1,14 +1,14 @@
 """The local control plane of tests/cluster: `make cluster` gives Ready fake GPU nodes, a GPU Deployment
 becomes Ready pods, and the cluster's helm is v4; stopping it leaves no process behind.
 
-The session fixture builds the pinned binaries when the cache lacks them (tens of minutes, once per
-version set; tests/cluster/versions.env). With IG_CLUSTER_BUILD=0 and no binaries the tests skip.
+The session fixture ``cluster`` (tests/conftest.py, shared with tests/kube) builds the pinned binaries
+when the cache lacks them (tens of minutes, once per version set; tests/cluster/versions.env). With
+IG_CLUSTER_BUILD=0 and no binaries the tests skip.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 
@@ -18,28 +18,6 @@ from . import cluster as ctl
 
 # The timeout covers a cold build in the fixture (about 40 minutes on 2 busy cores; see docs/kubernetes.md).
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(5400)]
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    cache = ctl.cache_dir()
-    if ctl.missing(cache) and os.environ.get("IG_CLUSTER_BUILD") == "0":
-        pytest.skip(
-            f"the cluster's binaries are not built ({cache}) and IG_CLUSTER_BUILD=0 says not to build them"
-        )
-    cache = ctl.build()
-    c = ctl.Cluster(cache, tmp_path_factory.mktemp("cluster"))  # apart from a developer's `make cluster`
-    try:
-        c.up(nodes=4)
-    except BaseException:
-        ctl.stop(c.state, quiet=True)
-        raise
-    yield c
-    groups = dict(c.state["processes"])
-    ctl.stop(c.state)
-    left = {name: ctl.group_members(pgid) for name, pgid in groups.items() if ctl.group_members(pgid)}
-    assert not left, f"processes left after stop: {left}"
-    assert not os.path.exists(c.state["tmp"])
 
 
 def kubectl_json(c, *args):
