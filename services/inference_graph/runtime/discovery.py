@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
-W = TypeVar("W", bound="PrefixWatch")
+W = TypeVar("W", bound="PrefixWatch[Any, Any]")
 
 # gRPC's default reconnect backoff grows to 120 s; after an etcd restart we want
 # to be back within a couple of seconds.
@@ -54,6 +54,7 @@ _info_encoder = msgspec.json.Encoder()
 _info_decoder = msgspec.json.Decoder(wire.InstanceInfo)
 
 Listener = Callable[[str, V], None]  # ("added" | "removed", value)
+Decode = Callable[[str, bytes, bytes], tuple[K, V] | None]  # (prefix, key, value) -> (id, value) or skip
 
 
 class Discovery:
@@ -65,7 +66,7 @@ class Discovery:
         # Strong references: asyncio holds tasks weakly, and a keepalive must not be
         # garbage-collected because its caller dropped the Registration.
         self._registrations: set[Registration] = set()
-        self._watches: set[PrefixWatch] = set()
+        self._watches: set[PrefixWatch[Any, Any]] = set()
 
     @classmethod
     async def connect(cls, endpoints: list[str], *, timeout: float = 5.0) -> Discovery:
@@ -102,7 +103,7 @@ class Discovery:
     async def __aenter__(self) -> Discovery:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     @property
@@ -211,7 +212,7 @@ class Registration:
         self.lease_id: int | None = None
         self._stopped = False
         self.regrants = 0  # how often a lost lease was re-created (observability, tests)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -290,24 +291,24 @@ class PrefixWatch(Generic[K, V]):
     "added"/"removed" for what changed while it was blind.
     """
 
-    def __init__(self, client: aetcd.Client, prefix: str, decode: Callable):
+    def __init__(self, client: aetcd.Client, prefix: str, decode: Decode[K, V]):
         self._client = client
         self.prefix = prefix
         self._decode = decode
         self._snapshot: dict[K, V] = {}
         self._key_ids: dict[bytes, K] = {}  # etcd key -> id, to apply deletes
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener[V]] = []
         self._changed = asyncio.Event()
         self._ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._on_close: Callable[[PrefixWatch], None] = lambda _w: None
+        self._task: asyncio.Task[None] | None = None
+        self._on_close: Callable[[PrefixWatch[K, V]], None] = lambda _w: None
         self.resyncs = 0  # completed re-lists after the first (observability, tests)
 
     @property
     def snapshot(self) -> dict[K, V]:
         return self._snapshot
 
-    def add_listener(self, callback: Listener) -> Callable[[], None]:
+    def add_listener(self, callback: Listener[V]) -> Callable[[], None]:
         """``callback(event, value)`` on join ("added") and leave ("removed").
 
         Called on the event loop; it must not block (start a task for I/O).
@@ -330,10 +331,10 @@ class PrefixWatch(Generic[K, V]):
         task, self._task = self._task, None
         await _stop_task(task)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     # -- internals
@@ -388,9 +389,10 @@ class PrefixWatch(Generic[K, V]):
         if self._ready.is_set():
             self.resyncs += 1
         self._ready.set()
-        return result.header.revision
+        revision: int = result.header.revision
+        return revision
 
-    def _apply(self, event) -> None:
+    def _apply(self, event: aetcd.Event) -> None:
         if event.kind == aetcd.EventKind.PUT:
             item = self._decode(self.prefix, event.kv.key, event.kv.value)
             if item is None:
@@ -449,7 +451,7 @@ class ModelWatch(PrefixWatch[tuple[str, str], ModelInstance]):
 # ---------------------------------------------------------------- helpers
 
 
-async def _stop_task(task: asyncio.Task | None) -> None:
+async def _stop_task(task: asyncio.Task[None] | None) -> None:
     """Cancel ``task`` and wait until it has finished.
 
     One ``cancel()`` is not always enough: on Python 3.11, ``asyncio.wait_for``

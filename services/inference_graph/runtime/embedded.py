@@ -52,6 +52,7 @@ import time
 import urllib.request
 import weakref
 from pathlib import Path
+from typing import Self
 
 from ..settings import Env, RuntimeSettings
 
@@ -102,7 +103,8 @@ def free_port() -> int:
     """A port that was free a moment ago (callers must retry on collision)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # Runs between our fork and the server's exec: set PDEATHSIG, then become the server
@@ -140,7 +142,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _reap(proc: subprocess.Popen, timeout: float) -> None:
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM the process group, then SIGKILL it after ``timeout``; always reap."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -180,7 +182,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _cleanup(proc_box: list, tmpdir: str) -> None:
+def _cleanup(proc_box: list[subprocess.Popen[bytes]], tmpdir: str) -> None:
     """Finalizer: runs on ``stop()``, garbage collection or interpreter exit."""
     proc = proc_box[0] if proc_box else None
     if proc is not None:
@@ -204,7 +206,7 @@ class _EmbeddedServer:
         _sweep_stale_dirs(f"ig-{self.name}-")
         self._tmpdir = tempfile.mkdtemp(prefix=f"ig-{self.name}-")
         (Path(self._tmpdir) / _OWNER_FILE).write_text(str(os.getpid()))
-        self._proc_box: list[subprocess.Popen] = []
+        self._proc_box: list[subprocess.Popen[bytes]] = []
         self._finalizer = weakref.finalize(self, _cleanup, self._proc_box, self._tmpdir)
 
     # -- subclass hooks
@@ -236,7 +238,7 @@ class _EmbeddedServer:
     def log_path(self) -> Path:
         return Path(self._tmpdir) / f"{self.name}.log"
 
-    def start(self) -> _EmbeddedServer:
+    def start(self) -> Self:
         """Start and block until ready (or raise with the log tail)."""
         for attempt in range(self._start_attempts):
             self._spawn()
@@ -244,7 +246,7 @@ class _EmbeddedServer:
                 return self
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
-    async def astart(self) -> _EmbeddedServer:
+    async def astart(self) -> Self:
         """Async ``start``: forks on the loop's thread, waits in a worker thread."""
         for attempt in range(self._start_attempts):
             self._spawn()
@@ -264,22 +266,22 @@ class _EmbeddedServer:
         if self._proc_box:
             _reap(self._proc_box.pop(), self.stop_timeout)
 
-    def restart(self) -> _EmbeddedServer:
+    def restart(self) -> Self:
         """Stop the process and start it again on the same ports with the same data."""
         self._spawn(fresh=False)
         self._wait_ready(self._start_attempts)  # no retry: the ports are fixed now
         return self
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return await self.astart()
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.astop()
 
     # -- internals
@@ -342,7 +344,7 @@ class EmbeddedNats(_EmbeddedServer):
 
     name = "nats"
 
-    def __init__(self, *, jetstream: bool = True, **kwargs):
+    def __init__(self, *, jetstream: bool = True, **kwargs: float):
         super().__init__(**kwargs)
         self.jetstream = jetstream
         self._port: int | None = None
@@ -399,7 +401,7 @@ class EmbeddedEtcd(_EmbeddedServer):
     name = "etcd"
     _start_attempts = 3
 
-    def __init__(self, *, unsafe_no_fsync: bool = True, **kwargs):
+    def __init__(self, *, unsafe_no_fsync: bool = True, **kwargs: float):
         super().__init__(**kwargs)
         self.unsafe_no_fsync = unsafe_no_fsync
         self._client_port = 0

@@ -114,7 +114,7 @@ async def subscribe_load(
     return await _subscribe(nc, subject, wire.LoadMetrics, callback)
 
 
-async def _subscribe(nc: NATS, subject: str, type_: type, callback: Callback) -> Subscription:
+async def _subscribe(nc: NATS, subject: str, type_: type[T], callback: Callback[T]) -> Subscription:
     """Subscribe with one typed decoder; callbacks may be sync or async, and run in order."""
     decode = wire.decoder(type_).decode
 

@@ -40,6 +40,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 
 from .. import wire
 from .names import SUBJECT_ROOT, token
@@ -125,7 +126,7 @@ class PrefillQueue:
         self._encode = wire.encoder.encode
         self._decode = wire.decoder(wire.PrefillRequest).decode
         self._depth: tuple[float, int] | None = None
-        self._sub = None
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def ensure(self) -> None:
         """Create (or update) the stream and the shared consumer; every worker may call it.
@@ -172,8 +173,9 @@ class PrefillQueue:
         if self._depth is not None and now - self._depth[0] < _DEPTH_MAX_AGE:
             return self._depth[1]
         info = await self._js.consumer_info(self.stream, CONSUMER)
-        self._depth = (now, info.num_pending)
-        return info.num_pending
+        pending: int = info.num_pending  # nats-py leaves consumer_info's result untyped
+        self._depth = (now, pending)
+        return pending
 
     # ------------------------------------------------------------ prefill side
 

@@ -35,7 +35,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -78,7 +78,7 @@ class EndpointServer:
         self.instance_id = instance_id
         self._request_subs: list[Subscription] = []
         self._control_sub: Subscription | None = None
-        self._streams: dict[str, asyncio.Task] = {}  # reply subject -> handler task
+        self._streams: dict[str, asyncio.Task[None]] = {}  # reply subject -> handler task
         self._cancelled_by_caller: set[str] = set()
         self._stopping = False
         # Set once stop() no longer takes new requests (readiness can report it).
@@ -138,7 +138,7 @@ class EndpointServer:
             subject = names.control_subject(self.namespace, self.component, self.instance_id)
             self._control_sub = await self._nc.subscribe(subject, cb=self._make_control_cb())
 
-    def _make_control_cb(self):
+    def _make_control_cb(self) -> Callable[[Msg], Awaitable[None]]:
         decode = wire.decoder(wire.CancelRequest).decode  # one typed decoder per subscription
 
         async def on_control(msg: Msg) -> None:
@@ -204,6 +204,9 @@ class EndpointServer:
 # ---------------------------------------------------------------- client
 
 
+_Item = wire.ResponseFrame | Exception  # what a stream's queue holds: a frame, or the error that ends it
+
+
 @dataclass(eq=False)
 class _Stream:
     """Client-side state of one call; the reply callback feeds ``queue``."""
@@ -213,7 +216,7 @@ class _Stream:
     target: str | None  # instance asked for (directed calls)
     instance_id: str = ""  # instance that ACKed
     finished: bool = False
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
 
     @property
     def serving(self) -> str:
@@ -300,7 +303,7 @@ class EndpointClient:
             if ack.kind != _FrameKind.ACK or ack.seq != 0:
                 self._raise_unexpected(st, ack, "ACK")
             expected = 1
-            held: object = None  # an item taken from the queue behind a batch, handled next
+            held: _Item | None = None  # an item taken from the queue behind a batch, handled next
             while True:
                 if held is None:
                     frame = await self._next(st, idle_timeout, "idle")
@@ -384,7 +387,7 @@ class EndpointClient:
             if self._recently_lost(item.instance_id):  # its ACK overtook its loss notice
                 st.queue.put_nowait(InstanceLostError(item.instance_id))
 
-    def _frame_or_error(self, subject: str, msg: Msg) -> wire.ResponseFrame | Exception:
+    def _frame_or_error(self, subject: str, msg: Msg) -> _Item:
         if not msg.data and msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
             return NoRespondersError(subject)
         try:
@@ -424,13 +427,13 @@ class EndpointClient:
         return self._unwrap(st, item)
 
     @staticmethod
-    def _unwrap(st: _Stream, item: object) -> wire.ResponseFrame:
+    def _unwrap(st: _Stream, item: _Item) -> wire.ResponseFrame:
         """A queued item: the frame, or raise the error that ended the stream."""
         if isinstance(item, BaseException):
             if isinstance(item, NoRespondersError):
                 st.finished = True  # no ACK will ever come: nothing to cancel
             raise item
-        return item  # type: ignore[return-value]
+        return item
 
     def _raise_unexpected(self, st: _Stream, frame: wire.ResponseFrame, wanted: str) -> None:
         if frame.kind == _FrameKind.ERROR:
