@@ -32,6 +32,8 @@ STREAMS = 16
 MAX_TOKENS = 1000  # ~6 ms a step: a stream lasts several seconds, so the kill lands mid-stream
 GRAPHS = {
     "agg-kv": ("configs/agg_router.yaml", []),  # the KV router routes the migrated requests again
+    # round-robin, processing hosted by the frontend
+    "agg-embedded": ("configs/agg.yaml", ["services.decode.replicas=2", "services.processor.replicas=0"]),
     # long continuations are prefilled remotely (longer than maxLocalPrefillLength 32)
     "disagg": ("configs/disagg.yaml", ["services.decode.replicas=2"]),
 }
