@@ -214,3 +214,20 @@ async def test_cached_tokens_of_a_migrated_request_stay_within_the_prompt(tiny):
     prompt_tokens = len(workers.calls[0][0].token_ids)
     assert workers.calls[1][0].token_ids[prompt_tokens:]  # the second worker cached more than the prompt
     assert frames[-1].usage.cached_tokens == frames[-1].usage.prompt_tokens == prompt_tokens
+
+
+async def test_a_failure_after_the_last_token_finishes_the_choice_without_migrating(tiny):
+    reply = tiny.hf.encode(REPLY)
+
+    class LostBeforeTheFinish(GreedyWorkers):
+        async def generate(self, request, instance_id):
+            self.calls.append((request, instance_id))
+            yield wire.GenerateOutput(token_ids=reply[: request.sampling.max_tokens])
+            raise lost(instance_id)
+
+    workers = LostBeforeTheFinish(reply)
+    sampling = wire.SamplingOptions(max_tokens=len(reply))
+    frames = await collect(make(tiny, workers), chat(sampling=sampling))
+    assert text_of(frames) == REPLY
+    assert (frames[-1].finish_reason, frames[-1].usage.completion_tokens) == ("length", len(reply))
+    assert frames[-1].usage.migrations == 0 and len(workers.calls) == 1

@@ -108,7 +108,7 @@ class Processor:
         max_tokens: int,
         instance: str,
         echo_text: str,
-    ) -> AsyncIterator[wire.ProcessOutput]:
+    ) -> AsyncGenerator[wire.ProcessOutput, None]:
         sampling = request.sampling
         seed = None if sampling.seed is None else sampling.seed + index
         sampling = msgspec.structs.replace(
@@ -162,6 +162,11 @@ class Processor:
                 if stream is not None:
                     await _close(stream)
                     stream = None
+                if len(generated) >= max_tokens:  # every token arrived, only the finish was lost
+                    frame = state.on_output(wire.GenerateOutput(token_ids=[], finish_reason="length"))
+                    if frame is not None:
+                        yield frame
+                    return
                 state.migrations += 1
                 self.migrations += 1
                 log.warning(
@@ -170,11 +175,6 @@ class Processor:
                     generate.request_id, instance, next_instance, len(generated),
                     state.migrations, self.migration_limit, exc,
                 )  # fmt: skip
-                if len(generated) >= max_tokens:  # all tokens arrived, only the finish was lost
-                    frame = state.on_output(wire.GenerateOutput(token_ids=[], finish_reason="length"))
-                    if frame is not None:
-                        yield frame
-                    return
                 attempt = _continuation(generate, prompt_ids, generated, state.migrations)
                 instance = next_instance
             finally:
@@ -266,29 +266,29 @@ class Processor:
                 return request.prompt
             return self.tokenizer.decode(prompt_ids, skip_special_tokens=request.skip_special_tokens)
         # chat (vLLM): echo continues the last message when it is the one being answered
-        last = (request.messages or [None])[-1]
+        last = request.messages[-1] if request.messages else None
         if last is not None and (last.role == "assistant" or not request.add_generation_prompt):
             return last.content or ""
         return ""
 
 
-async def merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+async def merge(streams: Sequence[AsyncGenerator[T, None]]) -> AsyncGenerator[T, None]:
     """Interleave several async iterators' items as they come.
 
     The first exception from any stream is raised at once and the others are
     closed; closing the merged iterator closes them all.
     """
     if len(streams) == 1:
-        async with contextlib.aclosing(streams[0]) as only:  # type: ignore[type-var]
+        async with contextlib.aclosing(streams[0]) as only:
             async for item in only:
                 yield item
         return
     queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue(_MERGE_QUEUE_FRAMES * len(streams))
     done = object()
 
-    async def pump(stream: AsyncIterator[T]) -> None:
+    async def pump(stream: AsyncGenerator[T, None]) -> None:
         try:
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async with contextlib.aclosing(stream):
                 async for item in stream:
                     await queue.put((item, None))
             await queue.put((done, None))
