@@ -113,7 +113,7 @@ class ChoiceState:
         converted = []
         for entry in logprobs:
             token, raw = self._tokenizer.logprob_token(entry.token_id)
-            top = []
+            top: list[tuple[str, float, list[int] | None]] = []
             for token_id, logprob in entry.top:
                 alt_token, alt_raw = self._tokenizer.logprob_token(token_id)
                 top.append((alt_token, logprob, alt_raw))

@@ -15,12 +15,15 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from .. import wire
 from ..errors import invalid_request
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,10 @@ class PromptTokenizer:
 
     def __init__(self, hf_tokenizer: Any) -> None:
         self.hf = hf_tokenizer
-        self.backend = hf_tokenizer.backend_tokenizer  # tokenizers.Tokenizer (fast tokenizers only)
+        self.backend: Tokenizer = hf_tokenizer.backend_tokenizer  # fast tokenizers only
         self.vocab_size = len(hf_tokenizer)
         self._byte_decoder = _gpt2_byte_decoder() if _uses_byte_level(self.backend) else None
-        self._added = {i: t.content for i, t in hf_tokenizer.added_tokens_decoder.items()}
+        self._added: dict[int, str] = {i: t.content for i, t in hf_tokenizer.added_tokens_decoder.items()}
         self._logprob_tokens: dict[int, tuple[str, list[int]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         _enlarge_bpe_cache(self.backend, BPE_CACHE_WORDS)
