@@ -51,6 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff check services operator tests bench
 	$(VENV)/bin/ruff format --check services operator tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy  # both product packages, as [tool.mypy] in pyproject.toml sets
 
 # The graph against vLLM's own server on the same engine (~5 min); bench/README.md lists the rest.
 LABEL ?= run

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.config import JsonDict
 
 from .environment import (
     ENV_NAMES,
@@ -58,7 +59,7 @@ __all__ = [
 
 def _env(name: str, default: Any = None, meaning: str = "", readers: str = "", **kw: Any) -> Any:
     """A field read from the variable ``name``."""
-    extra = {"readers": readers}
+    extra: JsonDict = {"readers": readers}
     if "default_factory" in kw:
         return Field(validation_alias=name, description=meaning, json_schema_extra=extra, **kw)
     return Field(default, validation_alias=name, description=meaning, json_schema_extra=extra, **kw)
@@ -337,7 +338,8 @@ def markdown() -> str:
     ]
     for model in (RuntimeSettings, OperatorSettings):
         for field in model.model_fields.values():
-            extra = field.json_schema_extra or {}
+            extra = field.json_schema_extra
+            assert isinstance(extra, dict), "every settings field is made by _env, with its readers"
             lines.append(
                 f"| `{field.validation_alias}` | {_type(field.annotation)} | {_default(field)} "
                 f"| {extra['readers']} | {field.description} |"
