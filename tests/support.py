@@ -65,7 +65,8 @@ async def eventually(
 ) -> T:
     """Await until ``until(condition())`` holds; return the value that satisfied it.
 
-    ``condition`` may be sync or async. It is evaluated at least once, even with a zero timeout.
+    ``condition`` may be sync or async (a coroutine it returns is awaited; any other value, a future
+    included, is the observation). It is evaluated at least once, even with a zero timeout.
     Exceptions of the types in ``ignoring`` count as "not yet" (e.g. connection refused while a
     server starts); any other exception fails at once. On timeout an ``AssertionError`` names
     ``what`` (or the condition's source) and the last value or exception observed.
@@ -74,7 +75,7 @@ async def eventually(
     while True:
         try:
             value = condition()
-            if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):  # an async condition; a future it returns is a value
                 value = await value
         except ignoring as exc:
             poll.raised(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -31,6 +32,11 @@ async def test_failure_names_what_was_awaited_and_the_last_value():
 async def test_failure_without_a_name_quotes_the_condition():
     with pytest.raises(AssertionError, match=r"lambda: \[\].*last observed \[\]"):
         await eventually(lambda: [], timeout=0)
+
+
+async def test_a_future_returned_by_a_sync_condition_is_a_value_not_awaited():
+    never = asyncio.get_running_loop().create_future()
+    assert await eventually(lambda: never, timeout=1) is never
 
 
 def test_ignored_exceptions_mean_not_yet_and_are_reported():

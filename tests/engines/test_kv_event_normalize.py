@@ -102,7 +102,7 @@ async def test_subscriber_reports_sequence_gaps(tmp_path, caplog):
         assert "expected batch 2, got 3" in caplog.text
         pending = asyncio.ensure_future(anext(batches))
         # close() while the iteration waits for the next batch (its receive is pending)
-        await eventually(lambda: sub._pending, what="the iteration to wait for the next batch")
+        await eventually(lambda: sub._pending is not None, what="the iteration to wait for the next batch")
         sub.close()
         try:
             await asyncio.wait_for(pending, 5)
