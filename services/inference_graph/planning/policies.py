@@ -196,9 +196,11 @@ class SlaPolicy:
             return now
         before = _rates(self._last)
         steps = TREND_DAMPING * self.horizon_s / max(obs.interval_s, 1e-9)
-        return tuple(  # type: ignore[return-value]
-            min(max(0.0, n + steps * (n - b)), 2 * n) for n, b in zip(now, before, strict=True)
-        )
+
+        def ahead(n: float, b: float) -> float:
+            return min(max(0.0, n + steps * (n - b)), 2 * n)
+
+        return ahead(now[0], before[0]), ahead(now[1], before[1]), ahead(now[2], before[2])
 
     def _prefill(self, obs: Observation, remote_tokens_per_s: float) -> int:
         targets = self.prefill
