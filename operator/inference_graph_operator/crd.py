@@ -30,10 +30,19 @@ CRD_NAME = f"{PLURAL}.{API_GROUP}"
 SHORT_NAMES = ["ig"]
 CATEGORIES = ["dynamo"]
 
+# One per autoscalable role of a graph: the per-role scale target (`kubectl scale`, an HPA, the planner).
+SCALER_KIND = "InferenceGraphScaler"
+SCALER_PLURAL = "inferencegraphscalers"
+SCALER_SINGULAR = "inferencegraphscaler"
+SCALER_CRD_NAME = f"{SCALER_PLURAL}.{API_GROUP}"
+SCALER_SHORT_NAMES = ["igs"]
+SCALED_ROLES = (Role.DECODE, Role.PREFILL)  # the worker roles: each gets a scaler
+
 # Keys of a pydantic JSON schema that carry no meaning for Kubernetes.
 _DROP = {"title", "$defs", "examples"}
 # Keys a structural schema node may carry, as written by pydantic (others are dropped).
 _KEEP = {
+    "x-kubernetes-validations",  # CEL rules from the models (spec._cel)
     "type",
     "description",
     "default",
@@ -271,12 +280,114 @@ def custom_resource_definition() -> dict[str, Any]:
     }
 
 
-def render_yaml() -> str:
+def scaler_custom_resource_definition() -> dict[str, Any]:
+    """The InferenceGraphScaler CRD: one small object per worker role of a graph, whose ``scale``
+    subresource is that role's scale (a CRD has one scale subresource, a graph several roles).
+    The operator creates it (owned by the graph) and copies its ``spec.replicas`` to the role's
+    Deployment; ``kubectl scale``, an HPA or the planner's decisions write it."""
+    count = {"type": "integer", "minimum": 0, "format": "int32"}
+    immutable = [{"rule": "self == oldSelf", "message": "is immutable"}]
+    schema = {
+        "type": "object",
+        "description": "The scale of one role of an InferenceGraph (kubectl scale and HPAs target it).",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": {
+                "type": "object",
+                "description": "Written by the operator at creation; replicas by whoever scales the role.",
+                "required": ["graph", "role", "replicas"],
+                "properties": {
+                    "graph": {
+                        "type": "string",
+                        "description": "The InferenceGraph (same namespace).",
+                        "x-kubernetes-validations": immutable,
+                    },
+                    "role": {
+                        "type": "string",
+                        "enum": [r.value for r in SCALED_ROLES],
+                        "description": "The role this object scales.",
+                        "x-kubernetes-validations": immutable,
+                    },
+                    "replicas": {
+                        **count,
+                        "description": "Desired replicas of the role; the operator copies it to the role's "
+                        "Deployment (within minReplicas..maxReplicas when the role autoscales).",
+                    },
+                },
+            },
+            "status": {
+                "type": "object",
+                "description": "The role's Deployment as observed by the operator.",
+                "properties": {
+                    "replicas": {**count, "description": "Pods of the role (the Deployment's status.replicas)."},
+                    "readyReplicas": {**count, "description": "Pods that pass their readiness probe."},
+                    "selector": {
+                        "type": "string",
+                        "description": "Label selector of the role's pods (for an HPA's pod metrics).",
+                    },
+                },
+            },
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": SCALER_CRD_NAME,
+            "labels": {"app.kubernetes.io/part-of": "dynamo", "app.kubernetes.io/name": "inference-graph"},
+        },
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": SCALER_KIND,
+                "listKind": f"{SCALER_KIND}List",
+                "plural": SCALER_PLURAL,
+                "singular": SCALER_SINGULAR,
+                "shortNames": SCALER_SHORT_NAMES,
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": [
+                        _column("Graph", ".spec.graph", "The InferenceGraph"),
+                        _column("Role", ".spec.role", "The role it scales"),
+                        _column("Desired", ".spec.replicas", "Desired replicas", "integer"),
+                        _column("Current", ".status.replicas", "Pods of the role", "integer"),
+                        _column("Ready", ".status.readyReplicas", "Ready pods of the role", "integer"),
+                        _column("Age", ".metadata.creationTimestamp", "Time since creation", "date"),
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def render_yaml(kind: str = "graph") -> str:
+    """The graph's CRD (``kind="graph"``) or the scaler's (``"scaler"``) as a YAML file."""
+    command = "python -m inference_graph_operator.crd" + (" scaler" if kind == "scaler" else "")
+    test = "test_ssa.py" if kind == "scaler" else "test_crd.py"
     header = (
-        "# Generated by `python -m inference_graph_operator.crd` from inference_graph.core.spec.\n"
-        "# Do not edit: change the model and regenerate (tests/kube/test_crd.py checks for drift).\n"
+        f"# Generated by `{command}` from inference_graph.core.spec.\n"
+        f"# Do not edit: change the model and regenerate (tests/kube/{test} checks for drift).\n"
     )
-    return header + yaml.safe_dump(custom_resource_definition(), sort_keys=False, width=100)
+    crd = scaler_custom_resource_definition() if kind == "scaler" else custom_resource_definition()
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100)
 
 
 # ---------------------------------------------------------------- back to JSON Schema
@@ -330,8 +441,13 @@ def _path(parts) -> str:
     return out.lstrip(".") or "<root>"
 
 
-def main() -> None:
-    sys.stdout.write(render_yaml())
+def main(argv: list[str] | None = None) -> None:
+    """``python -m inference_graph_operator.crd [graph|scaler]``: that CRD on stdout."""
+    args = sys.argv[1:] if argv is None else argv
+    kind = args[0] if args else "graph"
+    if kind not in ("graph", "scaler"):
+        sys.exit(f"usage: python -m inference_graph_operator.crd [graph|scaler] (got {kind!r})")
+    sys.stdout.write(render_yaml(kind))
 
 
 if __name__ == "__main__":

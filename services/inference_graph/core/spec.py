@@ -46,6 +46,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+def _cel(*rules: tuple[str, str, str]) -> dict[str, Any]:
+    """``x-kubernetes-validations`` of a model's CRD schema node (``inference_graph_operator.crd`` keeps
+    them): ``(rule, message, fieldPath)`` each, the CEL twin of a model validator below, so the API server
+    rejects at apply time, naming the field, what parsing would reject. Rules guard every optional level
+    with ``has()``: the CRD defaults leaves, not absent objects."""
+    return {
+        "x-kubernetes-validations": [
+            {"rule": rule, "message": message, "fieldPath": path} for rule, message, path in rules
+        ]
+    }
+
+
 class Role(enum.StrEnum):
     FRONTEND = "frontend"
     PROCESSOR = "processor"
@@ -158,7 +170,17 @@ class KvScorerWeights(BaseModel):
     are the router's defaults (docs/benchmarks.md, KV routing on an oversubscribed cache).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=_cel(
+            (
+                " || ".join(f"(has(self.{n}) && self.{n} > 0.0)" for n in ScorerName),
+                "at least one scorer needs a weight > 0",
+                "." + ScorerName.PREFIX_OVERLAP.value,
+            )
+        ),
+    )
 
     prefix_overlap: float = _weight(1.0, "Share of the prompt's full blocks the worker already caches.")
     kv_usage: float = _weight(1.0, "Free KV blocks on the worker (1 - kv_usage).")
@@ -313,6 +335,16 @@ class DisaggregationSpec(_Model):
 class RdmaSpec(_Model):
     """The RDMA preset of one role (docs/kubernetes.md): device, capabilities, /dev/shm, Multus, UCX."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.ucxEnv) || self.ucxEnv.all(k, k.startsWith('UCX_'))",
+                "ucxEnv holds UCX_* variables only (use env)",
+                ".ucxEnv",
+            )
+        )
+    )
+
     enabled: bool = Field(default=False, description="Give the role's pods an RDMA device and UCX settings.")
     resource: str = Field(
         default="rdma/ib",
@@ -380,6 +412,16 @@ class AutoscalingTargets(_Model):
 
 class AutoscalingSpec(_Model):
     """Replicas chosen by the planner (prefill and decode only). Manual ``replicas`` applies when disabled."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                "minReplicas must not exceed maxReplicas",
+                ".minReplicas",
+            )
+        )
+    )
 
     enabled: bool = Field(default=False, description="Let the planner set this role's replicas.")
     min_replicas: int = Field(
@@ -449,7 +491,34 @@ class ServiceSpec(_Model):
     )
 
 
+def _enabled(path: str) -> str:
+    """CEL: ``<path>.autoscaling.enabled`` is set and true (``path`` under ``self``, each level optional)."""
+    parts = [*path.split("."), "autoscaling", "enabled"]
+    return " && ".join(f"has(self.{'.'.join(parts[: i + 1])})" for i in range(len(parts))) + (
+        f" && self.{'.'.join(parts)}"
+    )
+
+
 class ServicesSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            *(
+                (
+                    f"!({_enabled(role)})",
+                    f"services.{role}.autoscaling: only prefill and decode autoscale",
+                    f".{role}.autoscaling.enabled",
+                )
+                for role in ("frontend", "processor", "router")
+            ),
+            (
+                f"!({_enabled('decode')}) || !has(self.decode.autoscaling.minReplicas) "
+                "|| self.decode.autoscaling.minReplicas >= 1",
+                "services.decode.autoscaling.minReplicas must be at least 1",
+                ".decode.autoscaling.minReplicas",
+            ),
+        )
+    )
+
     frontend: ServiceSpec = Field(
         default_factory=lambda: ServiceSpec(port=FIXED.frontend_port),
         description=f"The OpenAI-compatible HTTP server (port defaults to {FIXED.frontend_port}).",
@@ -531,6 +600,34 @@ class PlannerSpec(_Model):
 
 
 class GraphSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!(has(self.services) && has(self.services.prefill) && (!has(self.services.prefill.replicas) "
+                "|| self.services.prefill.replicas > 0)) "
+                "|| (has(self.disaggregation) && has(self.disaggregation.enabled) && self.disaggregation.enabled)",
+                "services.prefill needs disaggregation.enabled: true",
+                ".services.prefill",
+            ),
+            (
+                "!(has(self.routing) && has(self.routing.strategy) && self.routing.strategy == 'kv') "
+                "|| (has(self.services) && has(self.services.router) "
+                "&& (!has(self.services.router.replicas) || self.services.router.replicas >= 1))",
+                "spec.routing.strategy kv needs spec.services.router with replicas >= 1",
+                ".routing.strategy",
+            ),
+            (
+                f"!(({_enabled('services.decode')}) || ({_enabled('services.prefill')})) "
+                "|| (has(self.planner) && has(self.planner.policy) && self.planner.policy != 'sla') "
+                "|| (has(self.engine) && has(self.engine.type) && self.engine.type != 'vllm') "
+                "|| (has(self.planner) && has(self.planner.profile) && self.planner.profile != '')",
+                "spec.planner.profile: the sla policy with vLLM workers needs the engine's measured "
+                "timing profile (or spec.planner.policy: load)",
+                ".planner.profile",
+            ),
+        )
+    )
+
     model: ModelSpec = Field(description="The model every worker serves.")
     engine: EngineSpec = Field(
         default_factory=EngineSpec, description="Engine settings shared by all workers."
