@@ -13,6 +13,7 @@ extra pass, not six.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import enum
 import functools
@@ -23,21 +24,25 @@ from typing import Any, Literal
 
 from inference_graph.core.spec import InferenceGraph, Role
 
+from .crd import SCALER_KIND
 from .kube import ApiError, KubeApi
 from .reconcile import (
+    MISSING,
     Action,
+    Desired,
     Plan,
     Problems,
     Verb,
     child_key,
     children_selector,
     desired_children,
+    drift,
     graph_status,
     is_controlled_by,
     plan,
     status_patch,
 )
-from .render import OperatorDefaults
+from .render import OperatorDefaults, child_name, scaler_status
 
 log = logging.getLogger("inference_graph_operator")
 
@@ -54,8 +59,9 @@ def utc_now() -> str:
 class PassResult:
     """What one pass did (for logs and tests)."""
 
-    actions: list[str] = field(default_factory=list)  # "create Deployment g-decode (missing)"
+    actions: list[str] = field(default_factory=list)  # "apply Deployment g-decode (missing)"
     failures: list[str] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)  # conflicts with other field managers, then forced
     status: dict[str, Any] | None = None
     gone: bool = False  # the graph no longer exists (or is being deleted)
     changed: bool = False  # some child really changed (a no-op patch does not count)
@@ -75,6 +81,7 @@ class GraphController:
         self.clock = clock
         self._queued: dict[tuple[str, str], bool] = {}  # key -> another pass requested while running
         self._current: dict[str, int] = {}  # graph uid -> generation last reconciled without failures
+        self._warned_no_scalers = False
 
     def forget(self, uid: str | None) -> None:
         if uid is not None:
@@ -92,11 +99,23 @@ class GraphController:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return PassResult(gone=True)  # garbage collection removes the children
         advise = functools.partial(self._advise, namespace, name) if self.advisor else None
-        desired = desired_children(body, self.defaults, advise)
         observed = self.api.list_children(namespace, children_selector(name))
-        todo = Plan([], []) if desired.error else plan(desired.children, observed, body["metadata"]["uid"])
+        scalers = SCALER_KIND not in self.api.missing_kinds
+        if not scalers and not self._warned_no_scalers:
+            self._warned_no_scalers = True
+            log.warning(
+                "the %s CRD is not installed (kubectl apply -f crds/): roles are scaled without it",
+                SCALER_KIND,
+            )
+        desired = desired_children(body, self.defaults, advise, observed, scalers)
+        uid = body["metadata"]["uid"]
+        todo = (
+            Plan([], []) if desired.error else plan(desired.children, observed, uid, desired.yield_replicas)
+        )
         result = PassResult()
-        children, conflicts = self._apply(todo, observed, body["metadata"]["uid"], result)
+        children, conflicts = self._apply(todo, observed, body, result)
+        self._scaler_status(desired, children, result)
+        children = [c for c in children if c.get("kind") != SCALER_KIND]
         problems = Problems(spec_error=desired.error, conflicts=conflicts, failures=result.failures)
         status = graph_status(body, desired, children, problems, result.changed, self.clock())
         patch = status_patch(body.get("status"), status)
@@ -116,14 +135,15 @@ class GraphController:
         return self.advisor(namespace, name, graph.spec.infrastructure.etcd.endpoints)
 
     def _apply(
-        self, todo: Plan, observed: list[dict[str, Any]], uid: str, result: PassResult
+        self, todo: Plan, observed: list[dict[str, Any]], graph: Mapping[str, Any], result: PassResult
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Do the plan; returns the children as they are afterwards, and the conflicts found."""
+        uid = graph["metadata"]["uid"]
         children = {child_key(obj): obj for obj in observed if is_controlled_by(obj, uid)}
         conflicts = list(todo.conflicts)
         for action in todo.actions:
             try:
-                after = self._do(action, uid)
+                after = self._do(action, graph, result)
             except ApiError as err:
                 result.failures.append(f"{action.verb} {action.obj['kind']} {action.key[1]}: {err}")
                 continue
@@ -136,32 +156,83 @@ class GraphController:
             else:
                 assert after is not None, "only a delete returns no object"
                 children[action.key] = after
-            if action.verb is Verb.PATCH and _version(before) == _version(after):
-                # The server took the patch and changed nothing: it stores the field in another
+            if before is not None and _version(before) == _version(after):
+                # The server took the apply and changed nothing: it stores the field in another
                 # form (e.g. a quantity "0.5" as "500m"). Not progress; logged at debug only.
-                log.debug("patch of %s %s had no effect (%s)", *action.key, action.why)
+                log.debug("apply of %s %s had no effect (%s)", *action.key, action.why)
                 continue
             result.changed = True
             result.actions.append(f"{action.verb} {action.key[0]} {action.key[1]} ({action.why})")
         return list(children.values()), sorted(conflicts)
 
-    def _do(self, action: Action, uid: str) -> dict[str, Any] | Literal[_Outcome.CONFLICT] | None:
+    def _do(
+        self, action: Action, graph: Mapping[str, Any], result: PassResult
+    ) -> dict[str, Any] | Literal[_Outcome.CONFLICT] | None:
         if action.verb is Verb.DELETE:
             self.api.delete(action.obj)
             return None
-        if action.verb is Verb.PATCH:
-            return self.api.patch(action.obj)
+        kind, name = action.key
+        if action.why == MISSING:
+            # Not among our listed children: absent, or an object of that name someone else owns
+            # (an apply would merge into it), or ours without our labels (an apply restores them).
+            existing = self.api.get(kind, action.obj["metadata"]["namespace"], name)
+            if existing is not None and not is_controlled_by(existing, graph["metadata"]["uid"]):
+                return _CONFLICT
+        obj = action.obj
+        after = self._apply_unforced(obj)
+        if isinstance(after, str) and action.yield_replicas:
+            # The role was scaled (kubectl scale, an HPA) since we listed: its value stands.
+            log.info("%s %s: replicas set by another manager; leaving them (%s)", kind, name, after)
+            obj = copy.deepcopy(obj)
+            del obj["spec"]["replicas"]
+            after = self._apply_unforced(obj)
+        if not isinstance(after, str):
+            return after
+        conflict = after
+        # A field we render was set to another value by another manager: report it, then take it back
+        # (the operator owns what it renders; docs/kubernetes.md, "Server-side apply").
+        planner = kind == SCALER_KIND and "replicas" in obj["spec"]
+        owner = "the planner's decision (the role autoscales)" if planner else "the graph's values"
+        message = f"{kind} {name}: {conflict}; forced back to {owner}"
+        result.forced.append(message)
         try:
-            return self.api.create(action.obj)
+            self.api.event(graph, "FieldConflict", message)
+        except ApiError as err:
+            log.warning("event on %s: %s", graph["metadata"]["name"], err)
+        return self.api.apply(obj, force=True)
+
+    def _apply_unforced(self, obj: Mapping[str, Any]) -> dict[str, Any] | str:
+        """The applied object, or the server's conflict message (409) naming the other managers."""
+        try:
+            return self.api.apply(obj)
         except ApiError as err:
             if err.status != 409:
                 raise
-        # Already exists: ours (made since we listed, or listed without our labels) or someone else's.
-        kind, name = action.key
-        existing = self.api.get(kind, action.obj["metadata"]["namespace"], name)
-        if existing is not None and not is_controlled_by(existing, uid):
-            return _CONFLICT
-        return self.api.patch(action.obj)
+            return err.reason
+
+    def _scaler_status(self, desired: Desired, children: list[dict[str, Any]], result: PassResult) -> None:
+        """Each scaler's status from its role's Deployment (what an HPA reads through its scale)."""
+        if desired.graph is None:
+            return
+        by_key = {child_key(c): c for c in children}
+        for role in desired.scales:
+            name = child_name(desired.graph.metadata.name, role)
+            scaler = by_key.get((SCALER_KIND, name))
+            if scaler is None:
+                continue
+            want = scaler_status(desired.graph, role, by_key.get(("Deployment", name)))
+            if drift(want, scaler.get("status") or {}) is None:
+                continue
+            body = {
+                "apiVersion": scaler["apiVersion"],
+                "kind": SCALER_KIND,
+                "metadata": {"name": name, "namespace": scaler["metadata"]["namespace"]},
+                "status": want,
+            }
+            try:
+                self.api.apply_status(body)
+            except ApiError as err:
+                result.failures.append(f"status of {SCALER_KIND} {name}: {err}")
 
     # ------------------------------------------------------------ the queue (async)
 
@@ -201,6 +272,8 @@ class GraphController:
             return
         for line in result.actions:
             log.info("%s/%s: %s", namespace, name, line)
+        for line in result.forced:
+            log.warning("%s/%s: conflict: %s", namespace, name, line)
         for line in result.failures:
             log.warning("%s/%s: %s", namespace, name, line)
 

@@ -322,7 +322,10 @@ def scaler_custom_resource_definition() -> dict[str, Any]:
                 "type": "object",
                 "description": "The role's Deployment as observed by the operator.",
                 "properties": {
-                    "replicas": {**count, "description": "Pods of the role (the Deployment's status.replicas)."},
+                    "replicas": {
+                        **count,
+                        "description": "Pods of the role (the Deployment's status.replicas).",
+                    },
                     "readyReplicas": {**count, "description": "Pods that pass their readiness probe."},
                     "selector": {
                         "type": "string",

@@ -2,7 +2,7 @@
 
 One reconcile pass is ``desired_children`` (the graph rendered, or the spec error
 that stops it) → ``plan`` (desired vs. the children observed in the cluster →
-create / patch / delete actions) → ``graph_status`` (from the children as they are
+apply / delete actions) → ``graph_status`` (from the children as they are
 after the actions). ``handlers`` does the I/O around these; the tests drive them with
 plain dicts.
 
@@ -12,12 +12,17 @@ Rules:
   object with a child's name that belongs to something else is never patched or
   deleted (it is reported as a ``ChildConflict``).
 - Drift is "the desired object is not a subset of the observed one": fields the API
-  server or other controllers add (defaults, status, annotations) are not drift, a
-  field we render that differs or is missing is. Lists must match item by item, so
-  an env var added by hand is drift too. A patch sends the whole desired object as a
-  JSON merge patch, which replaces lists wholesale and so restores them exactly.
-- Replica counts come from :func:`decide_replicas` alone (the single writer): a
-  ``kubectl scale`` by hand is drift and is undone.
+  server, other controllers or users add (defaults, status, labels, annotations, an
+  env var) are not drift, a field we render that differs or is missing is. Lists whose
+  items have a ``name`` (or ``uid``) are matched by it, as server-side apply merges them
+  (containers, env, volumes, ports, ownerReferences); other lists must match item by
+  item. A drifted or missing child is applied whole (server-side apply): the server
+  keeps the fields others own and reports a field they set to another value as a
+  conflict, which the controller reports and then forces (see ``controller``).
+- Replica counts come from :func:`decide_replicas` and, for worker roles, the role's
+  InferenceGraphScaler (:func:`scale_decisions`); the operator is the only writer of a
+  child Deployment's ``spec.replicas``: a ``kubectl scale`` of the Deployment is drift
+  and is undone (scale the role's InferenceGraphScaler instead).
 - An invalid spec (:class:`SpecError`) plans nothing: the children stay as they are,
   the status names the field.
 """
@@ -32,31 +37,38 @@ from typing import Any
 from inference_graph.core.spec import InferenceGraph, Role, SpecError, parse_graph
 from inference_graph.planning import RoleLimits
 
+from .crd import SCALED_ROLES, SCALER_KIND
+from .kube import FIELD_MANAGER
 from .render import (
     COMPONENT_LABEL,
     INSTANCE_LABEL,
     MANAGED_BY_LABEL,
     OperatorDefaults,
     Owner,
+    child_name,
     frontend_endpoint,
     render,
+    render_scaler,
 )
 
 MANAGED_BY = "inference-graph-operator"
-CHILD_KINDS = ("ConfigMap", "Deployment", "Service")
+CHILD_KINDS = ("ConfigMap", "Deployment", "Service", SCALER_KIND)
+MISSING = "missing"
 
 
 class Verb(enum.StrEnum):
-    CREATE = "create"
-    PATCH = "patch"
+    APPLY = "apply"  # server-side apply: creates a missing child, repairs a drifted one
     DELETE = "delete"
 
 
 @dataclass(frozen=True)
 class Action:
     verb: Verb
-    obj: dict[str, Any]  # desired object (create/patch) or the observed one (delete)
+    obj: dict[str, Any]  # desired object (apply) or the observed one (delete)
     why: str  # "missing", "drift at spec.replicas", "no longer desired"
+    # A scaler's spec.replicas applied as the graph's count (not a planner decision): on a conflict
+    # someone scaled the role meanwhile, so the operator applies again without it instead of forcing.
+    yield_replicas: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -71,6 +83,27 @@ class Desired:
     children: list[dict[str, Any]] = field(default_factory=list)
     replicas: dict[Role, int] = field(default_factory=dict)
     error: SpecError | None = None
+    scales: dict[Role, Scale] = field(default_factory=dict)
+
+    @property
+    def yield_replicas(self) -> set[tuple[str, str]]:
+        """Scalers whose applied replicas is the graph's count, not a planner decision."""
+        assert self.graph is not None or not self.scales
+        return {
+            (SCALER_KIND, child_name(self.graph.metadata.name, role))
+            for role, scale in self.scales.items()
+            if self.graph is not None and scale.apply is not None and not scale.planner
+        }
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One worker role's replicas this pass, and what (if anything) the operator applies to the
+    role's InferenceGraphScaler ``spec.replicas``."""
+
+    replicas: int  # the role's Deployment replicas
+    apply: int | None  # applied to the scaler's spec.replicas; None: left to whoever scaled it
+    planner: bool = False  # ``apply`` is the planner's decision (forced on a conflict: it owns the role)
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,55 @@ def decide_replicas(graph: InferenceGraph, recommended: Mapping[Role, int] | Non
     return out
 
 
+def owns_replicas(scaler: Mapping[str, Any]) -> bool:
+    """Whether the operator's own apply still owns the scaler's ``spec.replicas`` (nobody has scaled
+    the role since the operator last set it), from the object's managedFields."""
+    for entry in scaler.get("metadata", {}).get("managedFields") or []:
+        if (
+            entry.get("manager") == FIELD_MANAGER
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+            and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        ):
+            return True
+    return False
+
+
+def scale_decisions(
+    graph: InferenceGraph,
+    recommended: Mapping[Role, int] | None,
+    scalers: Mapping[Role, Mapping[str, Any]],
+) -> dict[Role, Scale]:
+    """Per worker role: its replicas, and what to apply to its InferenceGraphScaler (``scalers``:
+    the observed ones, by role). One writer per field:
+
+    - a role that autoscales, once its planner has decided: the decision (within bounds) is applied
+      to the scaler and wins a conflict (``kubectl scale`` of it is undone: the planner owns it);
+    - else, while the operator's apply owns the scaler's replicas (a new scaler, or nobody scaled it
+      since): the graph's ``replicas`` (within bounds), so editing the graph scales the role;
+    - else someone scaled the role (``kubectl scale``, an HPA): its value stands and the Deployment
+      follows it; the graph's ``replicas`` is no longer applied.
+    """
+    from_spec = decide_replicas(graph)
+    decided = decide_replicas(graph, recommended)
+    autoscaled = graph.spec.autoscaled()
+    out = {}
+    for role in SCALED_ROLES:
+        if role not in from_spec:
+            continue
+        observed = scalers.get(role)
+        if role in autoscaled and role in (recommended or {}):
+            out[role] = Scale(decided[role], decided[role], planner=True)
+        elif observed is None or owns_replicas(observed):
+            out[role] = Scale(from_spec[role], from_spec[role])
+        else:
+            current = int((observed.get("spec") or {}).get("replicas") or 0)
+            if role in autoscaled:
+                current = RoleLimits.from_spec(autoscaled[role]).clamp(current)
+            out[role] = Scale(current, None)
+    return out
+
+
 def graph_manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a stored InferenceGraph the spec model reads (server metadata dropped)."""
     meta = body.get("metadata", {})
@@ -128,15 +210,31 @@ def desired_children(
     body: Mapping[str, Any],
     defaults: OperatorDefaults,
     advise: Callable[[InferenceGraph], Mapping[Role, int] | None] | None = None,
+    observed: Iterable[Mapping[str, Any]] = (),
+    scalers: bool = True,
 ) -> Desired:
     """Render a stored graph; a spec the schema let through but the model rejects is an error.
-    ``advise(graph)``: the planner's recommended replicas for the parsed graph, if any."""
+    ``advise(graph)``: the planner's recommended replicas for the parsed graph, if any;
+    ``observed``: the graph's children as listed (its InferenceGraphScalers are read);
+    ``scalers`` False: the scaler CRD is not installed, so none are rendered."""
     try:
         graph = parse_graph(graph_manifest_of(body))
     except SpecError as err:
         return Desired(graph=None, error=err)
-    replicas = decide_replicas(graph, advise(graph) if advise else None)
-    children = render(graph, owner_of(body), defaults, replicas)
+    recommended = advise(graph) if advise else None
+    uid = body["metadata"]["uid"]
+    observed_scalers = {
+        Role(role): obj
+        for obj in observed
+        if obj.get("kind") == SCALER_KIND
+        and is_controlled_by(obj, uid)
+        and (role := (obj.get("spec") or {}).get("role")) in {r.value for r in SCALED_ROLES}
+    }
+    scales = scale_decisions(graph, recommended, observed_scalers) if scalers else {}
+    replicas = {**decide_replicas(graph, recommended), **{role: s.replicas for role, s in scales.items()}}
+    owner = owner_of(body)
+    children = render(graph, owner, defaults, replicas)
+    children += [render_scaler(graph, role, owner, defaults, scale.apply) for role, scale in scales.items()]
     too_long = [
         c["metadata"]["name"] for c in children if c["kind"] == "Service" and len(c["metadata"]["name"]) > 63
     ]
@@ -144,7 +242,7 @@ def desired_children(
         spare = 63 - (len(too_long[0]) - len(graph.metadata.name))
         message = f"at most {spare} characters: the Service {too_long[0]} would exceed 63"
         return Desired(graph=None, error=SpecError("metadata.name", message))
-    return Desired(graph=graph, children=children, replicas=replicas)
+    return Desired(graph=graph, children=children, replicas=replicas, scales=scales)
 
 
 # ---------------------------------------------------------------- plan
@@ -155,13 +253,32 @@ def is_controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
+LIST_KEYS = ("name", "uid")  # how server-side apply keys the map-lists the operator renders
+
+
+def _list_key(items: list[Any]) -> str | None:
+    """The key items of ``items`` are merged by, or None for an atomic list (compared whole)."""
+    for key in LIST_KEYS:
+        if items and all(isinstance(item, Mapping) and key in item for item in items):
+            return key
+    return None
+
+
 def drift(desired: Any, observed: Any, path: str = "") -> str | None:
-    """The first path where ``desired`` is not contained in ``observed``, or None."""
+    """The first path where ``desired`` is not contained in ``observed``, or None. Items of a list
+    keyed by name (or uid) are found by key, and others' extra items are not drift."""
     if isinstance(desired, Mapping):
         if not isinstance(observed, Mapping):
             return path or "<root>"
         for key, value in desired.items():
             found = drift(value, observed.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(desired, list) and isinstance(observed, list) and (key := _list_key(desired)):
+        by_key = {item.get(key): item for item in observed if isinstance(item, Mapping)}
+        for want in desired:
+            found = drift(want, by_key.get(want[key]), f"{path}[{key}={want[key]}]")
             if found:
                 return found
         return None
@@ -176,8 +293,15 @@ def drift(desired: Any, observed: Any, path: str = "") -> str | None:
     return None if desired == observed else (path or "<root>")
 
 
-def plan(desired: Iterable[dict[str, Any]], observed: Iterable[Mapping[str, Any]], owner_uid: str) -> Plan:
-    """Actions that make the observed children equal the desired ones."""
+def plan(
+    desired: Iterable[dict[str, Any]],
+    observed: Iterable[Mapping[str, Any]],
+    owner_uid: str,
+    yield_replicas: Iterable[tuple[str, str]] = (),
+) -> Plan:
+    """Actions that make the observed children equal the desired ones. Scalers in ``yield_replicas``
+    carry the graph's count, which gives way on a conflict (:class:`Action`)."""
+    yield_replicas = set(yield_replicas)
     wanted = {child_key(obj): obj for obj in desired}
     ours: dict[tuple[str, str], Mapping[str, Any]] = {}
     conflicts = []
@@ -192,12 +316,13 @@ def plan(desired: Iterable[dict[str, Any]], observed: Iterable[Mapping[str, Any]
         if f"{key[0]} {key[1]}" in conflicts:
             continue
         have = ours.get(key)
+        yields = key[0] == SCALER_KIND and "replicas" in obj["spec"] and key in yield_replicas
         if have is None:
-            actions.append(Action(Verb.CREATE, obj, "missing"))
+            actions.append(Action(Verb.APPLY, obj, MISSING, yield_replicas=yields))
         else:
             where = drift(obj, have)
             if where:
-                actions.append(Action(Verb.PATCH, obj, f"drift at {where}"))
+                actions.append(Action(Verb.APPLY, obj, f"drift at {where}", yield_replicas=yields))
     for key, obj in ours.items():
         if key not in wanted:
             actions.append(Action(Verb.DELETE, dict(obj), "no longer desired"))
@@ -213,7 +338,7 @@ class Problems:
 
     spec_error: SpecError | None = None
     conflicts: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # "create Deployment g-decode: 403 Forbidden"
+    failures: list[str] = field(default_factory=list)  # "apply Deployment g-decode: 403 Forbidden"
 
 
 def _role_of(deployment: Mapping[str, Any]) -> str | None:

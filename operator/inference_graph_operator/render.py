@@ -56,6 +56,8 @@ from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, KvBuffe
 from inference_graph.models.sources import PVC_MOUNT_ROOT
 from inference_graph.settings import FIXED, Env, OperatorSettings
 
+from .crd import SCALER_KIND
+
 GRAPH_DIR = "/etc/inference-graph"
 GRAPH_FILE = "graph.yaml"
 GRAPH_PATH = f"{GRAPH_DIR}/{GRAPH_FILE}"
@@ -210,6 +212,34 @@ def render(
     if any(inst.role is Role.FRONTEND for inst in instances):
         objects.append(render_frontend_service(graph, owner, defaults))
     return objects
+
+
+def render_scaler(
+    graph: InferenceGraph, role: Role, owner: Owner, defaults: OperatorDefaults, replicas: int | None
+) -> dict[str, Any]:
+    """The role's InferenceGraphScaler (``crd.scaler_custom_resource_definition``): its scale
+    subresource is the role's scale. ``replicas`` None leaves ``spec.replicas`` out of what the
+    operator applies, to whoever set it last (``reconcile.scale_decisions``)."""
+    spec: dict[str, Any] = {"graph": graph.metadata.name, "role": role.value}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": API_VERSION,
+        "kind": SCALER_KIND,
+        "metadata": _metadata(child_name(graph.metadata.name, role), graph, owner, defaults, role),
+        "spec": spec,
+    }
+
+
+def scaler_status(graph: InferenceGraph, role: Role, deployment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A scaler's status from its role's Deployment: the pods there are and the selector of those
+    pods (an HPA reads both through the scale subresource)."""
+    status = (deployment or {}).get("status") or {}
+    return {
+        "replicas": status.get("replicas", 0),
+        "readyReplicas": status.get("readyReplicas", 0),
+        "selector": ",".join(f"{k}={v}" for k, v in sorted(selector(graph, role).items())),
+    }
 
 
 def _metadata(name: str, graph: InferenceGraph, owner: Owner, defaults: OperatorDefaults, role=None) -> dict:

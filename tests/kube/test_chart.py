@@ -141,10 +141,10 @@ def test_security_context_and_resources(chart):
             assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"]
 
 
-def test_chart_ships_the_crd(chart):
-    (crd,) = chart.crds
-    assert crd["name"] == "crds/inferencegraph.yaml"
-    assert crd["data"] == (ROOT / "crds" / "inferencegraph.yaml").read_text()
+def test_chart_ships_the_crds(chart):
+    shipped = {crd["name"]: crd["data"] for crd in chart.crds}
+    files = ("inferencegraph.yaml", "inferencegraphscaler.yaml")  # the graph, and its roles' scalers
+    assert shipped == {f"crds/{name}": (ROOT / "crds" / name).read_text() for name in files}
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,12 @@ from inference_graph.settings import OperatorSettings
 from inference_graph_operator.config import DEFAULT_LIVENESS, OperatorConfig
 from inference_graph_operator.controller import GraphController
 from inference_graph_operator.handlers import controlling_graph, graph_event
-from inference_graph_operator.kube import ApiError
+from inference_graph_operator.kube import FIELD_MANAGER, ApiError
 from inference_graph_operator.reconcile import (
+    MISSING,
     Desired,
     Problems,
+    Scale,
     Verb,
     decide_replicas,
     desired_children,
@@ -28,6 +30,7 @@ from inference_graph_operator.reconcile import (
     graph_status,
     phase_of,
     plan,
+    scale_decisions,
     status_patch,
 )
 from inference_graph_operator.render import OperatorDefaults
@@ -97,7 +100,7 @@ def rendered(body=None) -> Desired:
 def test_nothing_observed_creates_every_child():
     desired = rendered()
     todo = plan(desired.children, [], UID)
-    assert [a.verb for a in todo.actions] == [Verb.CREATE] * len(desired.children)
+    assert [(a.verb, a.why) for a in todo.actions] == [(Verb.APPLY, MISSING)] * len(desired.children)
     assert {a.key for a in todo.actions} == {
         ("ConfigMap", "g-graph"),
         ("Deployment", "g-frontend"),
@@ -105,6 +108,8 @@ def test_nothing_observed_creates_every_child():
         ("Deployment", "g-decode"),
         ("Deployment", "g-prefill"),
         ("Service", "g-frontend"),
+        ("InferenceGraphScaler", "g-decode"),  # one per worker role: the role's scale
+        ("InferenceGraphScaler", "g-prefill"),
     }
 
 
@@ -114,24 +119,33 @@ def test_server_defaults_and_status_are_not_drift():
     assert plan(desired.children, observed, UID).actions == []
 
 
-def test_a_hand_edit_is_drift_and_is_patched_back():
+def test_a_hand_edit_is_drift_and_is_applied_back():
     desired = rendered()
     observed = [as_stored(o) for o in desired.children]
-    decode = next(o for o in observed if o["metadata"]["name"] == "g-decode")
-    decode["spec"]["replicas"] = 5  # kubectl scale: the operator is the single writer
+    decode = next(o for o in observed if o["metadata"]["name"] == "g-decode" and o["kind"] == "Deployment")
+    # someone else's additions are theirs (server-side apply keeps them): not drift
     decode["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "X", "value": "1"})
-    todo = plan(desired.children, observed, UID)
-    (action,) = todo.actions
-    assert action.verb is Verb.PATCH and action.key == ("Deployment", "g-decode")
+    decode["metadata"]["labels"]["team"] = "search"
+    assert plan(desired.children, observed, UID).actions == []
+    decode["spec"]["replicas"] = 5  # kubectl scale of the Deployment: the operator is the single writer
+    (action,) = plan(desired.children, observed, UID).actions
+    assert action.verb is Verb.APPLY and action.key == ("Deployment", "g-decode")
     assert action.why == "drift at spec.replicas"
     assert action.obj["spec"]["replicas"] == 2
+    env = decode["spec"]["template"]["spec"]["containers"][0]["env"]
+    env[[e["name"] for e in env].index("IG_NAMESPACE")]["value"] = "hacked"  # a value we render
+    (action,) = plan(desired.children, observed, UID).actions
+    assert action.why == "drift at spec.replicas"
+    decode["spec"]["replicas"] = 2
+    (action,) = plan(desired.children, observed, UID).actions
+    assert action.why == "drift at spec.template.spec.containers[name=decode].env[name=IG_NAMESPACE].value"
 
 
 def test_a_deleted_child_is_created_again():
     desired = rendered()
     observed = [as_stored(o) for o in desired.children if o["kind"] != "Service"]
     (action,) = plan(desired.children, observed, UID).actions
-    assert (action.verb, action.key) == (Verb.CREATE, ("Service", "g-frontend"))
+    assert (action.verb, action.why, action.key) == (Verb.APPLY, MISSING, ("Service", "g-frontend"))
 
 
 def test_a_role_removed_from_the_spec_loses_its_deployment():
@@ -139,7 +153,8 @@ def test_a_role_removed_from_the_spec_loses_its_deployment():
     body = graph_body(disaggregation={"enabled": False}, services={"decode": {"replicas": 2}})
     actions = plan(rendered(body).children, observed, UID).actions
     assert {(a.verb, a.key) for a in actions if a.verb is Verb.DELETE} == {
-        (Verb.DELETE, ("Deployment", "g-prefill"))
+        (Verb.DELETE, ("Deployment", "g-prefill")),
+        (Verb.DELETE, ("InferenceGraphScaler", "g-prefill")),
     }
 
 
@@ -153,14 +168,19 @@ def test_objects_owned_by_someone_else_are_never_touched():
     assert todo.conflicts == ["ConfigMap g-graph", "Deployment g-frontend"]
     touched = {a.key for a in todo.actions}
     assert ("ConfigMap", "g-graph") not in touched and ("Deployment", "g-frontend") not in touched
-    assert all(a.verb is Verb.CREATE for a in todo.actions)
+    assert all(a.verb is Verb.APPLY for a in todo.actions)
 
 
 def test_drift_compares_lists_item_by_item_and_ignores_extra_keys():
     assert drift({"a": [{"x": 1}]}, {"a": [{"x": 1, "y": 2}], "b": 3}) is None
-    assert drift({"a": [{"x": 1}]}, {"a": [{"x": 1}, {"x": 2}]}) == "a"
+    assert drift({"a": [{"x": 1}]}, {"a": [{"x": 1}, {"x": 2}]}) == "a"  # an atomic list: whole
     assert drift({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == "a.b[1]"
     assert drift({"a": 1}, {}) == "a"
+    # lists keyed by name, as server-side apply merges them: found by key, others' items kept
+    named = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    assert drift({"env": named}, {"env": [named[1], {"name": "C"}, named[0]]}) is None
+    assert drift({"env": named}, {"env": [named[0]]}) == "env[name=B]"
+    assert drift({"env": named}, {"env": [named[0], {"name": "B", "value": "3"}]}) == "env[name=B].value"
 
 
 # ---------------------------------------------------------------- desired state
@@ -201,13 +221,107 @@ def test_replicas_come_from_the_spec_unless_the_role_autoscales():
     assert replicas[Role.DECODE] == 2  # decode does not autoscale
     assert Role.ROUTER not in replicas and replicas[Role.PLANNER] == 1
     desired = desired_children(body, DEFAULTS, lambda _graph: recommended)
-    by_name = {o["metadata"]["name"]: o for o in desired.children}
+    by_name = {o["metadata"]["name"]: o for o in desired.children if o["kind"] == "Deployment"}
     assert by_name["g-prefill"]["spec"]["replicas"] == 3
     planner_env = {
         e["name"]: e.get("value")
         for e in by_name["g-planner"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert planner_env["IG_FRONTEND_URL"] == "http://g-frontend:8000"
+
+
+def scaler(role: str, replicas: int, ours: bool) -> dict[str, Any]:
+    managed = (
+        owned_replicas({})
+        if ours
+        else [{"manager": "kubectl", "operation": "Update", "subresource": "scale"}]
+    )
+    return {
+        "spec": {"graph": "g", "role": role, "replicas": replicas},
+        "metadata": {"managedFields": managed},
+    }
+
+
+def test_a_worker_roles_replicas_come_from_its_scaler_once_someone_else_scaled_it():
+    graph = parse_graph(graph_body())
+    # new scalers, or ones whose replicas the operator's apply still owns: the graph's count
+    assert scale_decisions(graph, None, {}) == {Role.DECODE: Scale(2, 2), Role.PREFILL: Scale(1, 1)}
+    owned = {Role.DECODE: scaler("decode", 2, ours=True)}
+    assert scale_decisions(graph, None, owned)[Role.DECODE] == Scale(2, 2)
+    # kubectl scale / an HPA took the field: its value stands, the graph's is not applied
+    scaled = {Role.DECODE: scaler("decode", 5, ours=False)}
+    assert scale_decisions(graph, None, scaled)[Role.DECODE] == Scale(5, None)
+    body = graph_body()
+    desired = desired_children(body, DEFAULTS)
+    assert desired.yield_replicas == {
+        ("InferenceGraphScaler", "g-decode"),
+        ("InferenceGraphScaler", "g-prefill"),
+    }
+
+    # a role that autoscales: the planner's decision, within bounds, and it wins a conflict
+    body["spec"]["services"]["decode"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 4}
+    body["spec"]["planner"] = {"policy": "load"}
+    graph = parse_graph(body)
+    assert scale_decisions(graph, {Role.DECODE: 9}, scaled)[Role.DECODE] == Scale(4, 4, planner=True)
+    assert scale_decisions(graph, None, scaled)[Role.DECODE] == Scale(4, None)  # no decision yet: clamped
+    assert scale_decisions(graph, None, {})[Role.DECODE] == Scale(2, 2)
+
+
+def test_a_scaled_role_follows_its_scaler_and_the_deployment_keeps_one_writer():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    controller.reconcile("ns", "g")
+    # kubectl scale igs/g-decode --replicas=4: the scale subresource, an Update by another manager
+    decode = api.objects[("InferenceGraphScaler", "g-decode")]
+    decode["spec"]["replicas"] = 4
+    decode["metadata"]["managedFields"] = [
+        {"manager": "kubectl", "operation": "Update", "subresource": "scale"}
+    ]
+    result = controller.reconcile("ns", "g")
+    assert result.actions == ["apply Deployment g-decode (drift at spec.replicas)"]
+    assert api.objects[("Deployment", "g-decode")]["spec"]["replicas"] == 4
+    assert api.objects[("Deployment", "g-prefill")]["spec"]["replicas"] == 1
+    assert api.graph["status"]["services"]["decode"]["desired"] == 4
+    # the graph's replicas no longer move it; kubectl scale of the Deployment itself is undone
+    api.graph["spec"]["services"]["decode"]["replicas"] = 3
+    api.objects[("Deployment", "g-decode")]["spec"]["replicas"] = 7
+    controller.reconcile("ns", "g")
+    assert api.objects[("Deployment", "g-decode")]["spec"]["replicas"] == 4
+
+
+def test_a_conflict_is_reported_then_forced_and_a_scaled_scaler_is_left_alone():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    controller.reconcile("ns", "g")
+    api.objects[("Deployment", "g-decode")]["spec"]["replicas"] = 7  # kubectl scale deploy
+    api.conflicts.add(("Deployment", "g-decode"))  # the server: .spec.replicas is kubectl's now
+    api.writes.clear()
+    result = controller.reconcile("ns", "g")
+    assert api.writes[:2] == ["apply g-decode", "apply --force g-decode"]
+    assert api.objects[("Deployment", "g-decode")]["spec"]["replicas"] == 2
+    assert [reason for reason, _ in api.events] == ["FieldConflict"]
+    assert (
+        "Deployment g-decode" in api.events[0][1] and "forced back to the graph's values" in api.events[0][1]
+    )
+    assert result.forced and result.failures == []
+
+    # the graph's count for a scaler conflicts: someone scaled it since the listing; theirs stands
+    api.graph["spec"]["services"]["prefill"]["replicas"] = 2
+    api.conflicts.add(("InferenceGraphScaler", "g-prefill"))
+    api.writes.clear()
+    controller.reconcile("ns", "g")
+    # the Deployment, then the scaler twice: with the graph's count (409), then without it; no force
+    assert [w for w in api.writes if "g-prefill" in w] == ["apply g-prefill"] * 3
+    assert len(api.events) == 1  # not a conflict to report: the role's scale is whoever set it last
+
+
+def test_without_the_scaler_crd_the_roles_are_scaled_directly():
+    api = MemoryApi(graph_body())
+    api.missing_kinds.add("InferenceGraphScaler")  # a chart upgraded without kubectl apply -f crds/
+    result = GraphController(api, DEFAULTS, clock=lambda: NOW).reconcile("ns", "g")
+    assert len(result.actions) == 6 and result.failures == []
+    assert {kind for kind, _ in api.objects} == {"ConfigMap", "Deployment", "Service"}
+    assert api.objects[("Deployment", "g-decode")]["spec"]["replicas"] == 2
 
 
 # ---------------------------------------------------------------- status
@@ -329,27 +443,42 @@ def test_phase_order():
 # ---------------------------------------------------------------- one controller pass, API in memory
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: maps merge key by key, anything else (lists too) is replaced."""
-    if not isinstance(patch, dict) or not isinstance(target, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
+def merge_apply(target: Any, applied: Any) -> Any:
+    """Roughly server-side apply's merge: maps merge key by key, lists of named items by name,
+    other lists are replaced (field removal and ownership are not modelled)."""
+    if isinstance(applied, dict) and isinstance(target, dict):
+        out = copy.deepcopy(target)
+        for key, value in applied.items():
+            out[key] = merge_apply(out.get(key), value)
+        return out
+    if (
+        isinstance(applied, list)
+        and isinstance(target, list)
+        and applied
+        and all("name" in i for i in applied)
+    ):
+        by_name = {i.get("name"): i for i in target if isinstance(i, dict)}
+        merged = [merge_apply(by_name.pop(i["name"], None), i) for i in applied]
+        return merged + [i for i in target if isinstance(i, dict) and i.get("name") in by_name]
+    return copy.deepcopy(applied)
+
+
+def owned_replicas(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """managedFields saying the operator's apply owns spec.replicas (what scale_decisions reads)."""
+    return [{"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
 
 
 class MemoryApi:
-    """The KubeApi interface over a dict, with the API server's 404/409 answers."""
+    """The KubeApi interface over a dict, with the API server's 404 and apply-conflict (409) answers."""
 
     def __init__(self, graph: dict[str, Any], normalize=lambda obj: obj):
+        self.missing_kinds: set[str] = set()
         self.graph = graph
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[str] = []
+        self.events: list[tuple[str, str]] = []
         self.normalize = normalize  # how the server stores what it is sent
+        self.conflicts: set[tuple[str, str]] = set()  # (kind, name): another manager's spec.replicas
 
     def get_graph(self, namespace, name):
         return copy.deepcopy(self.graph) if self.graph else None
@@ -368,23 +497,32 @@ class MemoryApi:
     def get(self, kind, namespace, name):
         return copy.deepcopy(self.objects.get((kind, name)))
 
-    def create(self, obj):
+    def apply(self, obj, force=False):
         key = (obj["kind"], obj["metadata"]["name"])
-        if key in self.objects:
-            raise ApiError(409, "already exists")
-        self.writes.append(f"create {key[1]}")
-        self.objects[key] = self.normalize(as_stored(obj))
-        return copy.deepcopy(self.objects[key])
-
-    def patch(self, obj):
-        key = (obj["kind"], obj["metadata"]["name"])
-        self.writes.append(f"patch {key[1]}")
-        old = self.objects[key]
-        new = self.normalize(with_defaults(merge_patch(old, obj)))
-        if new != old:  # the API server bumps resourceVersion only when something changed
+        self.writes.append(f"apply{' --force' if force else ''} {key[1]}")
+        if key in self.conflicts and not force and "replicas" in obj.get("spec", {}):
+            raise ApiError(409, 'Apply failed with 1 conflict: conflict with "someone": .spec.replicas')
+        self.conflicts.discard(key)
+        old = self.objects.get(key)
+        if old is None:
+            new = self.normalize(as_stored(obj))
+        else:
+            new = self.normalize(with_defaults(merge_apply(old, obj)))
+        if key[0] == "InferenceGraphScaler" and "replicas" in obj["spec"]:
+            new["metadata"]["managedFields"] = owned_replicas(obj)
+        if old is not None and new != old:  # the API server bumps resourceVersion only when something changed
             new["metadata"]["resourceVersion"] = str(int(old["metadata"]["resourceVersion"]) + 1)
         self.objects[key] = new
         return copy.deepcopy(new)
+
+    def apply_status(self, obj):
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.writes.append(f"scaler-status {key[1]}")
+        self.objects[key] = {**self.objects[key], "status": copy.deepcopy(obj["status"])}
+        return copy.deepcopy(self.objects[key])
+
+    def event(self, graph, reason, message):
+        self.events.append((reason, message))
 
     def delete(self, obj):
         self.writes.append(f"delete {obj['metadata']['name']}")
@@ -399,8 +537,20 @@ def test_a_pass_creates_then_a_second_pass_writes_nothing():
     api = MemoryApi(graph_body())
     controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
     first = controller.reconcile("ns", "g")
-    assert len(first.actions) == 6 and first.failures == []
+    assert len(first.actions) == 8 and first.failures == []
+    assert all(w.startswith(("apply g-", "scaler-status g-", "status")) for w in api.writes)  # no force
     assert api.graph["status"]["phase"] == "Progressing"
+    selector = "app.kubernetes.io/component=decode,app.kubernetes.io/instance=g,app.kubernetes.io/name=inference-graph"
+    assert api.objects[("InferenceGraphScaler", "g-decode")]["status"] == {
+        "replicas": 0,
+        "readyReplicas": 0,
+        "selector": selector,
+    }
+    assert api.objects[("InferenceGraphScaler", "g-decode")]["spec"] == {
+        "graph": "g",
+        "role": "decode",
+        "replicas": 2,
+    }
     api.writes.clear()
     second = controller.reconcile("ns", "g")
     assert second.actions == [] and api.writes == []  # same children, same status: no write
@@ -408,7 +558,8 @@ def test_a_pass_creates_then_a_second_pass_writes_nothing():
         if key[0] == "Deployment":
             api.objects[key] = ready(obj)
     controller.reconcile("ns", "g")
-    assert api.writes == ["status"]
+    assert api.writes == ["scaler-status g-decode", "scaler-status g-prefill", "status"]
+    assert api.objects[("InferenceGraphScaler", "g-decode")]["status"]["readyReplicas"] == 2
     assert api.graph["status"]["phase"] == "Ready"
 
 
@@ -422,7 +573,7 @@ def test_a_pass_reports_a_foreign_object_and_leaves_it_alone():
     }
     result = GraphController(api, DEFAULTS, clock=lambda: NOW).reconcile("ns", "g")
     assert api.objects[("ConfigMap", "g-graph")]["data"] == {"mine": "yes"}
-    assert "create g-graph" not in api.writes and "patch g-graph" not in api.writes
+    assert not [w for w in api.writes if w.endswith(" g-graph")]
     degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "ChildConflict" and "ConfigMap g-graph" in degraded["message"]
 
@@ -506,7 +657,7 @@ def test_a_patch_the_server_normalizes_away_is_not_progress():
         if key[0] == "Deployment":
             api.objects[key] = ready(obj)
     result = controller.reconcile("ns", "g")
-    assert "patch g-processor" in api.writes  # the drift check cannot tell 0.5 from 500m ...
+    assert "apply g-processor" in api.writes  # the drift check cannot tell 0.5 from 500m ...
     assert result.actions == [] and not result.changed  # ... but the unchanged resourceVersion can
     assert api.graph["status"]["phase"] == "Ready"
 
@@ -539,8 +690,11 @@ def test_chart_rbac_grants_the_graph_calls_the_operator_makes_and_no_more():
     # kube.py: GET the graph; kopf: list + watch; the status by merge patch (no kopf annotations on the graph)
     assert graph_rules == {
         "inferencegraphs": ["get", "list", "watch"],
-        "inferencegraphs/status": ["get", "patch"],
+        "inferencegraphs/status": ["patch"],
         "inferencegraphs/finalizers": ["update"],
+        # the scalers are children: listed, watched, applied (an apply that creates needs create), deleted
+        "inferencegraphscalers": ["get", "list", "watch", "create", "patch", "delete"],
+        "inferencegraphscalers/status": ["patch"],
     }
 
 
@@ -565,7 +719,7 @@ async def test_the_resync_passes_over_every_graph_periodically():
     task = asyncio.create_task(controller.resync_forever("", interval=0.01))
     try:
         # no event comes: the resync creates the children, and brings back a deleted one
-        await asyncio.wait_for(after_passes_until(lambda: len(api.objects) == 6), 10)
+        await asyncio.wait_for(after_passes_until(lambda: len(api.objects) == 8), 10)
         api.objects.pop(("Service", "g-frontend"))
         await asyncio.wait_for(after_passes_until(lambda: ("Service", "g-frontend") in api.objects), 10)
     finally:
