@@ -15,6 +15,7 @@ Exception tree (the runtime's transport errors have a fixed type)::
     │   ├── NoRespondersError                 service_unavailable_error 503
     │   ├── RequestTimeoutError               service_unavailable_error 504
     │   ├── InstanceLostError                 service_unavailable_error 503
+    │   ├── FramesLostError                   service_unavailable_error 503
     │   ├── ClientClosedError                 service_unavailable_error 503
     │   ├── DiscoveryUnavailableError         service_unavailable_error 503
     │   └── ProtocolError                     server_error 500

@@ -141,6 +141,23 @@ class RuntimeSettings(_FromEnv):
         Env.IG_LEASE_TTL, 10.0, "seconds an instance's etcd lease outlives its process", "every role", ge=1
     )
     log_level: str = _env(Env.IG_LOG_LEVEL, "INFO", "Python log level of a role process", "every role")
+    stream_liveness: float = _env(
+        Env.IG_STREAM_LIVENESS,
+        6.0,
+        "a request-plane stream that gets no frame and no heartbeat for this many seconds ends with a "
+        "retryable 504 (the processor migrates it); servers send a heartbeat on a stream silent for a "
+        "quarter of it",
+        "every role",
+        ge=0.5,
+    )
+    outage_wait: float = _env(
+        Env.IG_OUTAGE_WAIT,
+        5.0,
+        "seconds a request waits for NATS while the connection is down, and for its responders to "
+        "subscribe again after a reconnect, before it fails with 503",
+        "every role",
+        ge=0,
+    )
     pod_name: str | None = _env(
         Env.POD_NAME,
         None,
@@ -230,11 +247,11 @@ class RuntimeSettings(_FromEnv):
             raise ValueError("must not contain '.', '/', spaces or wildcards")
         return name or None
 
-    @field_validator("lease_ttl")
+    @field_validator("lease_ttl", "stream_liveness", "outage_wait")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise ValueError("must be a finite number of seconds >= 1")
+            raise ValueError("must be a finite number of seconds")
         return value
 
 

@@ -35,6 +35,7 @@ class FrameKind(enum.IntEnum):
     DATA = 1  # ``payload`` holds one endpoint-specific message
     END = 2  # the stream finished normally; nothing follows
     ERROR = 3  # the stream failed; ``error`` says why; nothing follows
+    HEARTBEAT = 4  # the stream is alive, nothing to send yet; ``seq``: the last frame sent before it
 
 
 class ErrorType(enum.StrEnum):

@@ -12,7 +12,12 @@ import pytest
 from inference_graph import wire
 from inference_graph.errors import ServingError, invalid_request, server_error, service_unavailable
 from inference_graph.processing import Processor, RoundRobinStrategy
-from inference_graph.runtime.errors import InstanceLostError, RemoteError, RequestTimeoutError
+from inference_graph.runtime.errors import (
+    FramesLostError,
+    InstanceLostError,
+    RemoteError,
+    RequestTimeoutError,
+)
 
 from .fakes import FakeWorkers, Script
 from .test_processor import REPLY, chat, collect, completion, text_of
@@ -168,6 +173,16 @@ async def test_no_other_live_worker_fails_with_the_original_error(tiny):
     with pytest.raises(InstanceLostError):
         await collect(processor, chat())
     assert processor.migrations == 0
+
+
+async def test_frames_lost_in_transport_continue_on_the_same_worker_when_it_is_the_only_one(tiny):
+    """A NATS restart loses frames of a live worker's stream: the only worker takes the continuation."""
+    lost_frames = FramesLostError("ig.ns.decode.generate.w-1", 3, 5, "w-1")
+    workers = GreedyWorkers(tiny.hf.encode(REPLY), failures={0: (2, lost_frames)})
+    processor = make(tiny, workers, instances=["w-1"])
+    frames = await collect(processor, chat())
+    assert text_of(frames) == REPLY
+    assert [instance for _, instance in workers.calls] == ["w-1", "w-1"] and processor.migrations == 1
 
 
 async def test_failure_before_the_first_token_migrates(tiny):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import struct
 from collections import Counter
 
@@ -11,7 +13,9 @@ import nats
 import pytest
 
 from inference_graph import errors, wire
+from inference_graph.runtime.embedded import EmbeddedNats
 from inference_graph.runtime.errors import (
+    FramesLostError,
     InstanceLostError,
     NoRespondersError,
     ProtocolError,
@@ -230,15 +234,52 @@ async def test_ack_and_idle_timeouts(servers, client, nc, namespace):
     await asyncio.wait_for(hang.finished.wait(), 2)  # the remote stream was cancelled
 
 
-async def test_sequence_gap_is_a_protocol_error(client, nc, namespace):
-    async def bad_server(msg):
-        enc = wire.encoder.encode
-        await nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.ACK, 0, instance_id="raw")))
-        await nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.DATA, 2, payload=b"x")))
+async def test_sequence_gap_is_frames_lost_and_retryable_a_repeat_is_a_protocol_error(client, nc, namespace):
+    """A gap means the transport lost frames (a NATS restart): retryable, so the processor migrates."""
+    enc = wire.encoder.encode
 
-    await nc.subscribe(f"ig.{namespace}.{COMPONENT}.gappy", cb=bad_server)
-    with pytest.raises(ProtocolError, match="expected 1"):
+    def serve(subject, frames):
+        async def server(msg):
+            await nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.ACK, 0, instance_id="raw")))
+            for frame in frames:
+                await nc.publish(msg.reply, enc(frame))
+
+        return nc.subscribe(f"ig.{namespace}.{COMPONENT}.{subject}", cb=server)
+
+    data = wire.FrameKind.DATA
+    await serve("gappy", [wire.ResponseFrame(data, 2, payload=b"x")])
+    await serve(
+        "repeat", [wire.ResponseFrame(data, 1, payload=b"x"), wire.ResponseFrame(data, 1, payload=b"x")]
+    )
+    with pytest.raises(FramesLostError, match=r"frames 1\.\.1 .* lost") as exc:
         await collect(client, "gappy", b"")
+    assert exc.value.retryable and exc.value.status == 503
+    with pytest.raises(ProtocolError, match="expected 2"):
+        await collect(client, "repeat", b"")
+
+
+async def test_a_heartbeat_ahead_of_the_frames_received_means_frames_lost(client, nc, namespace):
+    """A heartbeat names the last frame sent: behind it, the stream goes on; ahead, frames were lost."""
+    enc = wire.encoder.encode
+    kind = wire.FrameKind
+
+    async def server(msg):
+        frames = [
+            wire.ResponseFrame(kind.ACK, 0, instance_id="raw"),
+            wire.ResponseFrame(kind.HEARTBEAT, 0, instance_id="raw"),  # in step: nothing sent yet
+            wire.ResponseFrame(kind.DATA, 1, payload=b"a"),
+            wire.ResponseFrame(kind.HEARTBEAT, 1, instance_id="raw"),  # in step
+            wire.ResponseFrame(kind.HEARTBEAT, 3, instance_id="raw"),  # 2 and 3 never arrived
+        ]
+        for frame in frames:
+            await nc.publish(msg.reply, enc(frame))
+
+    await nc.subscribe(f"ig.{namespace}.{COMPONENT}.beats", cb=server)
+    received = []
+    with pytest.raises(FramesLostError, match=r"frames 2\.\.3"):
+        async for chunk in client.stream("beats", b""):
+            received.append(chunk)
+    assert received == [b"a"]
 
 
 @pytest.mark.timeout(30)  # a frame that waited for a timer would never come: this timeout fails it
@@ -331,3 +372,87 @@ async def test_stream_batches_groups_frames_that_already_arrived(client, nc, nam
 
     # The flat stream yields the same payloads one by one.
     assert await collect(client, "burst", b"ok") == [b"1", b"2", b"3", b"4", b"5"]
+
+
+async def test_a_stream_silent_past_the_liveness_deadline_ends_with_a_retryable_error(nc, namespace):
+    """No frame and no heartbeat for ``liveness`` s: the stream ends (a lost END would hang it forever)."""
+    enc = wire.encoder.encode
+
+    async def ack_then_silence(msg):
+        await nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.ACK, 0, instance_id="mute")))
+
+    await nc.subscribe(f"ig.{namespace}.{COMPONENT}.silent", cb=ack_then_silence)
+    client = EndpointClient(nc, namespace, COMPONENT, liveness=0.4)
+    try:
+        with pytest.raises(RequestTimeoutError) as exc:
+            async with asyncio.timeout(10):  # the guard; the deadline (0.4 s, checked every 0.1 s) ends it
+                await collect(client, "silent", b"")
+    finally:
+        await client.close()
+    assert exc.value.phase == "idle" and exc.value.instance_id == "mute"
+    assert exc.value.retryable and exc.value.status == 504  # so the processor migrates the stream
+    assert "no frame and no heartbeat within 0.4s" in exc.value.message
+
+
+async def test_heartbeats_keep_a_healthy_stream_alive_through_a_silent_phase(nats_server, nc, namespace):
+    """A handler silent for twice the liveness deadline (a queued request, a long prefill) is not cut off."""
+    release = asyncio.Event()
+
+    async def slow(payload: bytes):
+        yield b"queued"
+        await release.wait()
+        yield b"done"
+
+    server_nc = await nats.connect(nats_server.url)
+    server = EndpointServer(server_nc, namespace, COMPONENT, "s1", liveness=0.4)
+    sent: Counter = Counter()
+    send = server._send
+
+    async def counting(reply, frame):
+        sent[frame.kind] += 1
+        await send(reply, frame)
+
+    server._send = counting  # type: ignore[method-assign]
+    await server.serve("slow", slow)
+    client = EndpointClient(nc, namespace, COMPONENT, liveness=0.4)
+    try:
+        task = asyncio.create_task(collect(client, "slow", b""))
+        # 8 heartbeats, one every 0.1 s: the handler has been silent for twice the deadline
+        await eventually(lambda: sent[wire.FrameKind.HEARTBEAT], until=lambda n: n >= 8, timeout=10)
+        assert not task.done()
+        release.set()
+        assert await task == [b"queued", b"done"]
+    finally:
+        await client.close()
+        await server.stop(drain_timeout=1)
+        await server_nc.close()
+
+
+async def test_a_request_during_a_nats_outage_waits_for_nats_and_for_its_responder(namespace):
+    """Sent while NATS is down, a request waits for the connection; after the reconnect, "no
+    responders" (its server has not subscribed again yet) is retried until it has."""
+    async with EmbeddedNats() as server_process:
+        options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.1}
+        client_nc = await nats.connect(server_process.url, **options)
+        client = EndpointClient(client_nc, namespace, COMPONENT, outage_wait=30)
+        # The first server does not reconnect: it stands for one that subscribes again later.
+        before_nc = await nats.connect(server_process.url, allow_reconnect=False)
+        before = EndpointServer(before_nc, namespace, COMPONENT, "before")
+        await before.serve("gen", whoami("before"))
+        servers = Servers(server_process.url, namespace)
+        try:
+            assert await collect(client, "gen", b"x") == [b"before", b"x"]
+            os.kill(server_process.pid, signal.SIGKILL)
+            await eventually(lambda: client_nc.is_connected, until=lambda up: not up, what="the disconnect")
+            request = asyncio.create_task(collect(client, "gen", b"y"))
+            await asyncio.to_thread(server_process.restart)
+            await eventually(lambda: client_nc.is_connected, timeout=10, what="the client's reconnect")
+            assert not request.done()  # nobody serves "gen" on the new server yet: it waits
+            await servers.start("after", {"gen": whoami("after")})
+            async with asyncio.timeout(10):
+                assert await request == [b"after", b"y"]
+        finally:
+            await client.close()
+            await client_nc.close()
+            await servers.close()
+            await before.stop(drain_timeout=0)

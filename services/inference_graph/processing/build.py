@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from nats.aio.client import Client as NATS
 
@@ -23,18 +23,27 @@ from .tokenization import PromptTokenizer
 
 @contextlib.asynccontextmanager
 async def running_processor(
-    graph: InferenceGraph, nc: NATS, discovery: Discovery, namespace: str, model_path: str
+    graph: InferenceGraph,
+    nc: NATS,
+    discovery: Discovery,
+    namespace: str,
+    model_path: str,
+    endpoint_options: Mapping[str, float] | None = None,
 ) -> AsyncIterator[Processor]:
-    """A processor wired to the graph's decode workers (and router, for ``kv``); closed on exit."""
+    """A processor wired to the graph's decode workers (and router, for ``kv``); closed on exit.
+
+    ``endpoint_options``: ``liveness`` and ``outage_wait`` of its request-plane clients
+    (``RoleContext.endpoint_options()``); the settings' defaults when None."""
+    options = dict(endpoint_options or {})
     spec = graph.spec
     tokenizer = await asyncio.to_thread(PromptTokenizer.load, spec.model.tokenizer or model_path)
     workers_watch = await discovery.watch_instances(namespace, Role.DECODE.value)
-    workers = EndpointClient(nc, namespace, Role.DECODE.value)
+    workers = EndpointClient(nc, namespace, Role.DECODE.value, **options)
     workers_watch.add_listener(workers.on_instance_event)  # a dead worker fails its streams at once
     clients = [workers]
     strategy_args = {}
     if spec.routing.strategy is RoutingStrategy.KV:
-        router = EndpointClient(nc, namespace, Role.ROUTER.value)
+        router = EndpointClient(nc, namespace, Role.ROUTER.value, **options)
         clients.append(router)
         strategy_args["decide"] = NatsRouterClient(router)
     processor = Processor(

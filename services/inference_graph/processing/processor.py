@@ -32,6 +32,7 @@ import msgspec
 
 from .. import wire
 from ..errors import ServingError, invalid_request, service_unavailable
+from ..runtime.errors import FramesLostError, RequestTimeoutError
 from .choice import ChoiceOptions, ChoiceState
 from .errors import WorkerUnreachable
 from .limits import fit_max_tokens
@@ -155,7 +156,7 @@ class Processor:
             except ServingError as exc:
                 excluded.add(instance)
                 next_instance = await self._migration_target(
-                    exc, state, generate.request_id, prompt_ids + generated, excluded
+                    exc, state, generate.request_id, prompt_ids + generated, excluded, instance
                 )
                 if next_instance is None:
                     raise
@@ -188,13 +189,17 @@ class Processor:
         request_id: str,
         token_ids: list[int],
         excluded: set[str],
+        failed: str,
     ) -> str | None:
         """The worker to continue the choice on after ``exc``, or None when it must fail.
 
         Only a retryable server-side failure migrates (a 4xx is the request's own
         fault, and would fail again), only ``migration_limit`` times, and only to a
         live worker that has not failed this choice; routing sees the continuation
-        (prompt plus generated tokens) as a new request.
+        (prompt plus generated tokens) as a new request. With no such worker, the
+        worker that failed (``failed``) takes it again if the transport failed rather
+        than the worker (frames lost, or silence past the liveness deadline, e.g. across
+        a NATS restart) and it is still registered.
         """
         if not exc.retryable or exc.status < 500:
             return None
@@ -205,7 +210,10 @@ class Processor:
                     request_id, state.migrations, exc,
                 )  # fmt: skip
             return None
-        candidates = [i for i in self._directory.instances() if i not in excluded]
+        live = self._directory.instances()
+        candidates = [i for i in live if i not in excluded]
+        if not candidates and isinstance(exc, FramesLostError | RequestTimeoutError):
+            candidates = [i for i in live if i == failed]
         if not candidates:
             log.warning("request %s cannot migrate, no other live worker: %s", request_id, exc)
             return None

@@ -64,6 +64,11 @@ class RoleContext:
             **fields,
         )
 
+    def endpoint_options(self) -> dict[str, float]:
+        """The request plane's times from the settings: ``EndpointServer(..., **options)``
+        takes ``liveness``; ``EndpointClient`` takes ``liveness`` and ``outage_wait``."""
+        return {"liveness": self.settings.stream_liveness, "outage_wait": self.settings.outage_wait}
+
     def model_path(self) -> str:
         return resolve_model_source(self.graph.spec.model.source, self.settings.model_cache)
 
@@ -91,7 +96,15 @@ async def role_context(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    nc = await nats.connect(config.nats_url, name=f"{role.value}", max_reconnect_attempts=-1)
+    # Reconnect attempts every 0.5 s (nats-py's default is 2 s): after a NATS restart, requests are
+    # served again as soon as every role has reconnected and subscribed again.
+    nc = await nats.connect(
+        config.nats_url,
+        name=f"{role.value}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        **_nats_callbacks(),
+    )
     discovery = await Discovery.connect(config.etcd_endpoints)
     try:
         instance_id = make_instance_id(role, settings.pod_name)
@@ -99,6 +112,27 @@ async def role_context(
     finally:
         await discovery.close()
         await nc.drain()
+
+
+def _nats_callbacks() -> dict[str, Callable[..., Awaitable[None]]]:
+    """One log line per NATS event, instead of nats-py's traceback on every reconnect attempt."""
+    down = False
+
+    async def on_error(exc: Exception) -> None:
+        if not down:  # while reconnecting, every refused attempt would log again
+            log.warning("NATS: %s", str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        nonlocal down
+        down = True
+        log.warning("NATS connection lost; reconnecting (requests wait up to IG_OUTAGE_WAIT for it)")
+
+    async def on_reconnected() -> None:
+        nonlocal down
+        down = False
+        log.warning("NATS reconnected; subscriptions restored")
+
+    return {"error_cb": on_error, "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected}
 
 
 def run_role(

@@ -6,8 +6,9 @@
     +-- RuntimeErrorBase                  anything the runtime raises on purpose
         +-- RemoteError(info)             the serving side sent an ERROR frame: its ``info``
         +-- NoRespondersError(subject)    nobody subscribes to the request subject     503
-        +-- RequestTimeoutError(...)      no ACK in time, or a gap between frames too long 504
+        +-- RequestTimeoutError(...)      no ACK, no frame/heartbeat, no NATS in time   504
         +-- InstanceLostError(id)         the serving instance left discovery mid-stream 503
+        +-- FramesLostError(...)          frames of a stream lost in transport          503
         +-- ClientClosedError             the EndpointClient was closed mid-stream      503
         +-- DiscoveryUnavailableError     no etcd endpoint answered                     503
         +-- ProtocolError(...)            a frame out of order or undecodable           500
@@ -52,7 +53,8 @@ class NoRespondersError(RuntimeErrorBase):
 
 
 class RequestTimeoutError(RuntimeErrorBase):
-    """A deadline passed: ``phase`` is ``"ack"`` (nobody accepted) or ``"idle"`` (stream stalled)."""
+    """A deadline passed: ``phase`` is ``"ack"`` (nobody accepted), ``"idle"`` (no frame and no
+    heartbeat within the liveness deadline: the stream is dead) or ``"connect"`` (NATS stayed down)."""
 
     STATUS = 504
 
@@ -61,7 +63,8 @@ class RequestTimeoutError(RuntimeErrorBase):
         self.phase = phase
         self.timeout = timeout
         self.instance_id = instance_id
-        super().__init__(f"no {phase} frame within {timeout:g}s on {subject} ({instance_id or '?'})")
+        what = {"ack": "ACK", "connect": "NATS connection"}.get(phase, "frame and no heartbeat")
+        super().__init__(f"no {what} within {timeout:g}s on {subject} ({instance_id or '?'})")
 
 
 class InstanceLostError(RuntimeErrorBase):
@@ -70,6 +73,18 @@ class InstanceLostError(RuntimeErrorBase):
     def __init__(self, instance_id: str):
         self.instance_id = instance_id
         super().__init__(f"instance {instance_id} was lost mid-stream")
+
+
+class FramesLostError(RuntimeErrorBase):
+    """Frames of a stream never arrived (a later frame or a heartbeat says they were sent): the
+    transport lost them, e.g. across a NATS restart. Retryable: the processor migrates the stream."""
+
+    def __init__(self, subject: str, expected: int, seen: int, instance_id: str = ""):
+        self.subject = subject
+        self.instance_id = instance_id
+        super().__init__(
+            f"frames {expected}..{seen} of the stream on {subject} ({instance_id or '?'}) were lost in transport"
+        )
 
 
 class ProtocolError(RuntimeErrorBase):

@@ -7,6 +7,7 @@ subject)::
       PUB ig.ns.comp.ep[.iid]  reply=INBOX -->
                                         <-- ACK   seq 0, instance_id
                                         <-- DATA  seq 1.. payload (one per handler yield)
+                                        <-- HEARTBEAT seq=last sent (on a silent stream)
                                         <-- END   | ERROR(info)   (last frame)
       PUB ig.ns.comp.control.iid  CancelRequest(request_id=INBOX)  (caller gave up early)
 
@@ -21,6 +22,15 @@ Why each piece exists:
   turns "nobody serves this" into an immediate error instead of a timeout.
 - Cancel closes the handler's async generator, so its ``finally`` runs: that is
   where a worker aborts the engine request and frees KV blocks.
+- HEARTBEAT and the liveness deadline: no stream waits without bound. A stream
+  with no frame and no heartbeat for ``IG_STREAM_LIVENESS`` seconds fails with a
+  retryable ``RequestTimeoutError``; a heartbeat (or a later frame) that names a
+  frame the caller never got fails it with ``FramesLostError`` at once. NATS core
+  does not redeliver: across a NATS restart frames are lost, and these turn the
+  loss into a retryable error the processor migrates (docs/reliability.md).
+- NATS outages: a request waits for the connection, retries "no responders" just
+  after a reconnect, and is sent again if the connection drops before its ACK, all
+  within ``IG_OUTAGE_WAIT`` seconds.
 
 Latency: ``nc.publish`` only appends to nats-py's pending buffer and wakes its
 flusher task, which writes on the next event-loop turn without any timer, so
@@ -32,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -45,9 +56,11 @@ from nats.aio.subscription import Subscription
 
 from .. import wire
 from ..errors import ServingError, server_error, service_unavailable
+from ..settings import RuntimeSettings
 from . import names
 from .errors import (
     ClientClosedError,
+    FramesLostError,
     InstanceLostError,
     NoRespondersError,
     ProtocolError,
@@ -63,22 +76,58 @@ _encode = wire.encoder.encode
 _NO_RESPONDERS = "503"
 _FrameKind = wire.FrameKind
 _ABANDONED_TTL = 60.0  # how long a late ACK of an abandoned stream still triggers a cancel
+_DEFAULTS = RuntimeSettings()  # IG_STREAM_LIVENESS and IG_OUTAGE_WAIT when a caller passes none
+_RETRY_MIN, _RETRY_MAX = 0.05, 0.5  # backoff while the responders of a subject subscribe again
+_ACK_CHECK = 0.25  # while waiting for an ACK, how often the connection is looked at
+_MAX_RESENDS = 3  # a request sent again because the connection dropped before its ACK
+
+
+def _connected(nc: NATS) -> bool:
+    return bool(nc.is_connected)
 
 
 # ---------------------------------------------------------------- server
 
 
-class EndpointServer:
-    """Serves endpoints of one instance: load-balanced and directed subjects, plus control."""
+@dataclass(eq=False)
+class _Served:
+    """Server-side state of one stream: its handler task, and what was last sent when."""
 
-    def __init__(self, nc: NATS, namespace: str, component: str, instance_id: str):
+    task: asyncio.Task[None] | None = None
+    seq: int = 0  # the last frame sent (0: the ACK)
+    last_sent: float = 0.0  # time.monotonic() of the last frame sent
+
+
+class EndpointServer:
+    """Serves endpoints of one instance: load-balanced and directed subjects, plus control.
+
+    A stream on which the handler yields nothing for a quarter of ``liveness`` seconds
+    (``IG_STREAM_LIVENESS``: a queued request, a long prefill) gets a HEARTBEAT frame, so
+    the caller's liveness deadline ends only streams that are really dead.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        namespace: str,
+        component: str,
+        instance_id: str,
+        *,
+        liveness: float = _DEFAULTS.stream_liveness,
+    ):
         self._nc = nc
         self.namespace = namespace
         self.component = component
         self.instance_id = instance_id
+        self.liveness = liveness
+        self.heartbeat_interval = liveness / 4
+        # Streams ended within ``liveness`` s: reply -> (seq of their last frame, when). After a
+        # reconnect their callers get heartbeats too, so one whose last frames were lost learns it.
+        self._ended: dict[str, tuple[int, float]] = {}
         self._request_subs: list[Subscription] = []
         self._control_sub: Subscription | None = None
-        self._streams: dict[str, asyncio.Task[None]] = {}  # reply subject -> handler task
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._streams: dict[str, _Served] = {}  # reply subject -> its stream
         self._cancelled_by_caller: set[str] = set()
         self._stopping = False
         # Set once stop() no longer takes new requests (readiness can report it).
@@ -104,6 +153,10 @@ class EndpointServer:
             await self._nc.subscribe(lb, queue=names.queue_group(self.component), cb=on_request)
         )
         self._request_subs.append(await self._nc.subscribe(direct, cb=on_request))
+        if self._heartbeats is None:
+            self._heartbeats = asyncio.get_running_loop().create_task(
+                self._send_heartbeats(), name=f"heartbeats {self.component}"
+            )
         await self._nc.flush()  # the server knows our interest once serve() returns
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
@@ -118,12 +171,16 @@ class EndpointServer:
         subs, self._request_subs = self._request_subs, []
         await asyncio.gather(*(sub.drain() for sub in subs), return_exceptions=True)
         self.closed_to_new_requests.set()
-        tasks = list(self._streams.values())
+        tasks = [served.task for served in self._streams.values() if served.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=drain_timeout)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
+            self._heartbeats = None
         if self._control_sub is not None:
             with contextlib.suppress(Exception):
                 await self._control_sub.unsubscribe()
@@ -147,10 +204,10 @@ class EndpointServer:
             except msgspec.DecodeError:
                 log.warning("undecodable control message on %s", msg.subject)
                 return
-            task = self._streams.get(cancel.request_id)
-            if task is not None:
+            served = self._streams.get(cancel.request_id)
+            if served is not None and served.task is not None:
                 self._cancelled_by_caller.add(cancel.request_id)
-                task.cancel()
+                served.task.cancel()
 
         return on_control
 
@@ -163,8 +220,10 @@ class EndpointServer:
         # Registered before the ACK goes out, so a cancel can never miss it. The ACK still
         # precedes every DATA frame: publish() appends to the send buffer synchronously,
         # and the task only starts once this callback yields.
-        task = asyncio.get_running_loop().create_task(self._run(reply, msg.data, handler))
-        self._streams[reply] = task
+        served = _Served(last_sent=time.monotonic())
+        task = asyncio.get_running_loop().create_task(self._run(reply, served, msg.data, handler))
+        served.task = task
+        self._streams[reply] = served
         task.add_done_callback(lambda _t: self._forget(reply))
         try:
             await self._send(reply, wire.ResponseFrame(_FrameKind.ACK, 0, instance_id=self.instance_id))
@@ -173,15 +232,18 @@ class EndpointServer:
             raise
 
     def _forget(self, reply: str) -> None:
-        self._streams.pop(reply, None)
+        served = self._streams.pop(reply, None)
+        if served is not None and reply not in self._cancelled_by_caller:
+            self._ended[reply] = (served.seq, time.monotonic())
         self._cancelled_by_caller.discard(reply)
 
-    async def _run(self, reply: str, payload: bytes, handler: Handler) -> None:
+    async def _run(self, reply: str, served: _Served, payload: bytes, handler: Handler) -> None:
         seq = 1
         try:
             async with contextlib.aclosing(handler(payload)) as chunks:
                 async for chunk in chunks:
                     await self._send(reply, wire.ResponseFrame(_FrameKind.DATA, seq, payload=chunk))
+                    served.seq, served.last_sent = seq, time.monotonic()
                     seq += 1
             await self._send(reply, wire.ResponseFrame(_FrameKind.END, seq))
         except asyncio.CancelledError:
@@ -192,6 +254,8 @@ class EndpointServer:
         except Exception as exc:
             log.exception("handler failed for %s", reply)
             await self._send_error(reply, seq, server_error(str(exc) or repr(exc)).info)
+        finally:
+            served.seq = seq  # the END or ERROR frame's
 
     async def _send_error(self, reply: str, seq: int, info: wire.ErrorInfo) -> None:
         with contextlib.suppress(Exception):  # the connection may be gone; nothing else to do
@@ -199,6 +263,48 @@ class EndpointServer:
 
     async def _send(self, reply: str, frame: wire.ResponseFrame) -> None:
         await self._nc.publish(reply, _encode(frame))
+
+    async def _send_heartbeats(self) -> None:
+        """One task for all streams: a HEARTBEAT on each stream silent for ``heartbeat_interval``.
+
+        It carries the seq of the last frame sent, so a caller that has not seen that
+        frame learns at once that frames were lost (e.g. across a NATS restart). While
+        NATS is down nothing is sent: it would only fill the reconnect buffer.
+        """
+        interval = self.heartbeat_interval
+        reconnects = self._nc.stats["reconnects"]
+        recovering_until = -math.inf  # after a reconnect: heartbeats for ended streams too
+        while True:
+            await asyncio.sleep(interval / 2)  # the heartbeat period, not synchronisation
+            now = time.monotonic()
+            self._prune_ended(now)
+            if not _connected(self._nc):
+                recovering_until = math.inf
+                continue
+            if self._nc.stats["reconnects"] != reconnects or recovering_until == math.inf:
+                reconnects = self._nc.stats["reconnects"]
+                recovering_until = now + self.liveness
+            beats = [
+                (reply, served.seq)
+                for reply, served in list(self._streams.items())
+                if now - served.last_sent >= interval
+            ]
+            for reply, _ in beats:
+                self._streams[reply].last_sent = now
+            if now < recovering_until:  # their last frames may have been lost in the outage
+                beats += [(reply, seq) for reply, (seq, _) in self._ended.items()]
+            for reply, seq in beats:
+                frame = wire.ResponseFrame(_FrameKind.HEARTBEAT, seq, instance_id=self.instance_id)
+                with contextlib.suppress(Exception):  # the connection may drop meanwhile
+                    await self._send(reply, frame)
+
+    def _prune_ended(self, now: float) -> None:
+        limit = now - self.liveness
+        while self._ended:
+            reply, (_, ended) = next(iter(self._ended.items()))  # oldest first (insertion order)
+            if ended >= limit:
+                return
+            del self._ended[reply]
 
 
 # ---------------------------------------------------------------- client
@@ -214,9 +320,13 @@ class _Stream:
     subject: str
     reply: str
     target: str | None  # instance asked for (directed calls)
+    token: str = ""  # the reply subject's last token: the key in EndpointClient._streams
     instance_id: str = ""  # instance that ACKed
     finished: bool = False
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    acked: bool = False  # past the ACK: the liveness deadline applies
+    last_frame: float = 0.0  # time.monotonic() of the last frame (DATA, HEARTBEAT, ...) received
+    expired: bool = False  # the liveness deadline already failed it
 
     @property
     def serving(self) -> str:
@@ -224,12 +334,34 @@ class _Stream:
 
 
 class EndpointClient:
-    """Calls endpoints of one component; one reply subscription multiplexes all streams."""
+    """Calls endpoints of one component; one reply subscription multiplexes all streams.
 
-    def __init__(self, nc: NATS, namespace: str, component: str):
+    Every stream has a liveness deadline: no frame (a DATA frame or the server's
+    HEARTBEAT) for ``liveness`` seconds (``IG_STREAM_LIVENESS``) ends it with a
+    retryable ``RequestTimeoutError`` (phase ``idle``); one task checks all streams, so
+    frames pay for no timer. While NATS is down a new request waits for the connection,
+    and after a reconnect a "no responders" answer is retried, both for up to
+    ``outage_wait`` seconds (``IG_OUTAGE_WAIT``): the servers subscribe again after
+    their own reconnect.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        namespace: str,
+        component: str,
+        *,
+        liveness: float = _DEFAULTS.stream_liveness,
+        outage_wait: float = _DEFAULTS.outage_wait,
+    ):
         self._nc = nc
         self.namespace = namespace
         self.component = component
+        self.liveness = liveness
+        self.outage_wait = outage_wait
+        self._reconnects = 0  # nats-py's reconnect count when last looked at
+        self._outage_seen = -math.inf  # time.monotonic() NATS was last seen down or reconnected
+        self._liveness_task: asyncio.Task[None] | None = None
         self._inbox_prefix = nc.new_inbox()
         self._reply_sub: Subscription | None = None
         self._sub_lock = asyncio.Lock()
@@ -279,6 +411,9 @@ class EndpointClient:
     ) -> AsyncGenerator[list[bytes], None]:
         """Like ``stream``, but yields every DATA payload that has already arrived as one list.
 
+        ``idle_timeout``: a per-call limit between frames instead of the client's liveness
+        deadline (one timer per frame; tests and short calls).
+
         A caller that keeps up gets one payload per list; one that lags gets what
         queued up meanwhile, so it can handle (and forward) them as one message. Nothing
         waits for more frames: the first payload of a list is the one the caller
@@ -293,15 +428,12 @@ class EndpointClient:
             if instance_id
             else names.endpoint_subject(self.namespace, self.component, endpoint)
         )
-        st = _Stream(subject, f"{self._inbox_prefix}.{token}", instance_id)
+        st = _Stream(subject, f"{self._inbox_prefix}.{token}", instance_id, token=token)
         self._streams[token] = st
-        queue = st.queue
         data = _FrameKind.DATA
         try:
-            await self._nc.publish(subject, payload, reply=st.reply)
-            ack = await self._next(st, ack_timeout, "ack")
-            if ack.kind != _FrameKind.ACK or ack.seq != 0:
-                self._raise_unexpected(st, ack, "ACK")
+            await self._request(st, payload, ack_timeout)
+            queue = st.queue  # (a request sent again has a new reply subject and queue)
             expected = 1
             held: _Item | None = None  # an item taken from the queue behind a batch, handled next
             while True:
@@ -310,7 +442,15 @@ class EndpointClient:
                 else:
                     frame, held = self._unwrap(st, held), None
                 if frame.seq != expected:
+                    if frame.kind == _FrameKind.HEARTBEAT and frame.seq < expected:
+                        continue  # alive, and every frame it sent has arrived
+                    if frame.kind == _FrameKind.HEARTBEAT:
+                        raise FramesLostError(subject, expected, frame.seq, st.serving)
+                    if frame.seq > expected:
+                        raise FramesLostError(subject, expected, frame.seq - 1, st.serving)
                     raise ProtocolError(subject, f"frame seq {frame.seq}, expected {expected}")
+                if frame.kind == _FrameKind.HEARTBEAT:  # it says frame ``expected`` was sent: lost
+                    raise FramesLostError(subject, expected, frame.seq, st.serving)
                 expected += 1
                 if frame.kind == _FrameKind.END:
                     st.finished = True
@@ -328,12 +468,12 @@ class EndpointClient:
                         break
                 yield batch
         finally:
-            self._streams.pop(token, None)
+            self._streams.pop(st.token, None)
             if not st.finished:
                 if st.instance_id:
                     await self._send_cancel(st.instance_id, st.reply)
                 else:  # gave up before the ACK: cancel once we learn who took it
-                    self._remember_abandoned(token, st.reply)
+                    self._remember_abandoned(st.token, st.reply)
 
     def instance_lost(self, instance_id: str) -> int:
         """Fail every stream served by (or directed to) ``instance_id`` now; returns how many.
@@ -358,6 +498,10 @@ class EndpointClient:
         self._closed = True
         for st in list(self._streams.values()):
             st.queue.put_nowait(ClientClosedError("EndpointClient was closed"))
+        if self._liveness_task is not None:
+            self._liveness_task.cancel()
+            await asyncio.gather(self._liveness_task, return_exceptions=True)
+            self._liveness_task = None
         if self._reply_sub is not None:
             with contextlib.suppress(Exception):
                 await self._reply_sub.unsubscribe()
@@ -370,6 +514,98 @@ class EndpointClient:
             async with self._sub_lock:
                 if self._reply_sub is None:
                     self._reply_sub = await self._nc.subscribe(f"{self._inbox_prefix}.*", cb=self._on_reply)
+                    self._liveness_task = asyncio.get_running_loop().create_task(
+                        self._check_liveness(), name=f"liveness {self.component}"
+                    )
+
+    async def _request(self, st: _Stream, payload: bytes, ack_timeout: float) -> None:
+        """Publish the request and take its ACK; wait out a NATS outage (up to ``outage_wait``).
+
+        Nothing was accepted before an ACK, so a request that found no responders may be
+        sent again: after a reconnect the servers subscribe again after their own.
+        """
+        deadline = time.monotonic() + self.outage_wait
+        delay = _RETRY_MIN
+        resends = 0
+        while True:
+            while not _connected(self._nc):  # publish now and the ACK timer runs out while NATS is down
+                self._outage_seen = time.monotonic()
+                if self._nc.is_closed:
+                    raise ClientClosedError("the NATS connection is closed")
+                if self._outage_seen >= deadline:
+                    raise RequestTimeoutError(st.subject, "connect", self.outage_wait, st.serving)
+                await asyncio.sleep(_RETRY_MIN)  # polls nats-py's state; it has no awaitable for it
+            await self._nc.publish(st.subject, payload, reply=st.reply)
+            try:
+                ack = await self._await_ack(st, ack_timeout)
+            except NoRespondersError:
+                if not self._outage_recent() or time.monotonic() + delay > deadline:
+                    raise
+                st.finished = False
+                await asyncio.sleep(delay)  # retry backoff
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            if ack is None:  # the connection dropped: the request, or its ACK, may be lost
+                if resends >= _MAX_RESENDS:
+                    raise RequestTimeoutError(st.subject, "connect", self.outage_wait, st.serving)
+                resends += 1
+                deadline = time.monotonic() + self.outage_wait
+                self._renew_reply(st)
+                continue
+            if ack.kind == _FrameKind.ACK and ack.seq == 0:
+                st.acked, st.last_frame = True, time.monotonic()
+                return
+            if ack.kind in (_FrameKind.DATA, _FrameKind.HEARTBEAT, _FrameKind.END):  # the ACK was lost
+                st.instance_id = st.instance_id or ack.instance_id
+                raise FramesLostError(st.subject, 0, max(0, ack.seq - 1), st.serving)
+            self._raise_unexpected(st, ack, "ACK")
+
+    async def _await_ack(self, st: _Stream, ack_timeout: float) -> wire.ResponseFrame | None:
+        """The ACK (or the first frame), or None when the connection dropped meanwhile."""
+        reconnects = self._nc.stats["reconnects"]
+        limit = time.monotonic() + ack_timeout
+        while True:
+            if not st.queue.empty():
+                return self._unwrap(st, st.queue.get_nowait())
+            if not _connected(self._nc) or self._nc.stats["reconnects"] != reconnects:
+                self._outage_seen = time.monotonic()
+                return None
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeoutError(st.subject, "ack", ack_timeout, st.serving)
+            try:
+                async with asyncio.timeout(min(remaining, _ACK_CHECK)):
+                    return self._unwrap(st, await st.queue.get())
+            except TimeoutError:
+                continue  # look at the connection again
+
+    def _renew_reply(self, st: _Stream) -> None:
+        """Send the request again on a new reply subject; the old one is abandoned (a late ACK
+        on it gets a cancel, so the request does not run twice)."""
+        self._streams.pop(st.token, None)
+        self._remember_abandoned(st.token, st.reply)
+        st.token = secrets.token_hex(8)
+        st.reply = f"{self._inbox_prefix}.{st.token}"
+        st.queue = asyncio.Queue()
+        self._streams[st.token] = st
+
+    def _outage_recent(self) -> bool:
+        """NATS was down, or reconnected, less than ``outage_wait`` seconds ago."""
+        reconnects = self._nc.stats["reconnects"]
+        now = time.monotonic()
+        if reconnects != self._reconnects or not _connected(self._nc):
+            self._reconnects, self._outage_seen = reconnects, now
+        return now - self._outage_seen < self.outage_wait
+
+    async def _check_liveness(self) -> None:
+        """Fail each stream past its ACK that got no frame for ``liveness`` seconds."""
+        while True:
+            await asyncio.sleep(self.liveness / 4)  # the check's period, not synchronisation
+            limit = time.monotonic() - self.liveness
+            for st in list(self._streams.values()):
+                if st.acked and not st.expired and not st.finished and st.last_frame < limit:
+                    st.expired = True
+                    st.queue.put_nowait(RequestTimeoutError(st.subject, "idle", self.liveness, st.serving))
 
     async def _on_reply(self, msg: Msg) -> None:
         """Decode here, in arrival order, so an ACK names the serving instance at once
@@ -381,6 +617,7 @@ class EndpointClient:
                 await self._cancel_late_ack(token, msg)
             return
         item = self._frame_or_error(st.subject, msg)
+        st.last_frame = time.monotonic()
         st.queue.put_nowait(item)
         if isinstance(item, wire.ResponseFrame) and item.kind == _FrameKind.ACK and not st.instance_id:
             st.instance_id = item.instance_id

@@ -30,7 +30,7 @@ async def main(ctx: RoleContext) -> None:
         if ctx.graph.spec.services.processor.replicas == 0:
             processor, directory = await _embedded_processing(ctx, watch, stack)
         else:
-            processors = EndpointClient(ctx.nc, ctx.namespace, Role.PROCESSOR.value)
+            processors = EndpointClient(ctx.nc, ctx.namespace, Role.PROCESSOR.value, **ctx.endpoint_options())
             stack.push_async_callback(processors.close)
             watch.add_listener(processors.on_instance_event)  # a lost processor fails its streams at once
             processor, directory = NatsProcessorClient(processors), DiscoveryModelDirectory(watch)
@@ -44,7 +44,9 @@ async def _embedded_processing(ctx: RoleContext, watch: InstanceWatch, stack: co
     process wake-up per token) fewer between HTTP and the workers."""
     spec = ctx.graph.spec
     processor = await stack.enter_async_context(
-        running_processor(ctx.graph, ctx.nc, ctx.discovery, ctx.namespace, ctx.model_path())
+        running_processor(
+            ctx.graph, ctx.nc, ctx.discovery, ctx.namespace, ctx.model_path(), ctx.endpoint_options()
+        )
     )
     card = ModelCard(name=spec.model.name, max_model_len=spec.engine.max_model_len, created=int(time.time()))
     log.info("hosting the processor in-process (services.processor.replicas is 0)")

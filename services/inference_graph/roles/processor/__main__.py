@@ -33,9 +33,15 @@ def make_handler(processor: Processor):
 async def main(ctx: RoleContext) -> None:
     spec = ctx.graph.spec
     async with running_processor(
-        ctx.graph, ctx.nc, ctx.discovery, ctx.namespace, ctx.model_path()
+        ctx.graph, ctx.nc, ctx.discovery, ctx.namespace, ctx.model_path(), ctx.endpoint_options()
     ) as processor:
-        server = EndpointServer(ctx.nc, ctx.namespace, Role.PROCESSOR.value, ctx.instance_id)
+        server = EndpointServer(
+            ctx.nc,
+            ctx.namespace,
+            Role.PROCESSOR.value,
+            ctx.instance_id,
+            liveness=ctx.settings.stream_liveness,
+        )
         await server.serve(PROCESS_ENDPOINT, make_handler(processor))
         info = ctx.instance_info(max_model_len=spec.engine.max_model_len)
         registration = await ctx.discovery.register(info, ctx.config.lease_ttl, model=spec.model.name)

@@ -25,7 +25,7 @@ def serve_metrics_http(router: RouterService, port: int | None):
 
 async def main(ctx: RoleContext) -> None:
     spec = ctx.graph.spec
-    workers_client = EndpointClient(ctx.nc, ctx.namespace, Role.DECODE.value)
+    workers_client = EndpointClient(ctx.nc, ctx.namespace, Role.DECODE.value, **ctx.endpoint_options())
     router = RouterService(
         spec.engine.block_size,
         spec.routing.kv.weights.as_dict(),
@@ -40,7 +40,9 @@ async def main(ctx: RoleContext) -> None:
     workers_watch = await ctx.discovery.watch_instances(ctx.namespace, Role.DECODE.value)
     workers_watch.add_listener(router.on_instance_event)
     await router.rebuild(sorted(workers_watch.instances))
-    server = EndpointServer(ctx.nc, ctx.namespace, Role.ROUTER.value, ctx.instance_id)
+    server = EndpointServer(
+        ctx.nc, ctx.namespace, Role.ROUTER.value, ctx.instance_id, liveness=ctx.settings.stream_liveness
+    )
     await server.serve(DECIDE_ENDPOINT, router.make_decide_handler())
     await server.serve(METRICS_ENDPOINT, router.make_metrics_handler())
     registration = await ctx.discovery.register(ctx.instance_info(), ctx.config.lease_ttl)

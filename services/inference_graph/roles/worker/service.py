@@ -34,7 +34,9 @@ class WorkerInstance:
         self.ctx = ctx
         self.engine = engine
         self.instance_id = instance_id
-        self._server = EndpointServer(ctx.nc, ctx.namespace, ctx.role.value, instance_id)
+        self._server = EndpointServer(
+            ctx.nc, ctx.namespace, ctx.role.value, instance_id, liveness=ctx.settings.stream_liveness
+        )
         # What this instance announced, for a router that asks for a snapshot (restart, lost batches).
         self._kv_mirror = KvMirror(instance_id, engine.info.block_size)
         self._publisher = EventPublisher(ctx.nc, ctx.namespace, instance_id, on_batch=self._kv_mirror.record)
