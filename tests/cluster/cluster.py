@@ -584,6 +584,9 @@ class Cluster:
                 f"--tls-private-key-file={pki / 'serving.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
+                # As hardened clusters (OpenShift) do: setting blockOwnerDeletion needs update on the
+                # owner's finalizers, which the chart's RBAC must then grant the operator.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",

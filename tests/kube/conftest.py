@@ -16,7 +16,10 @@ import json
 import os
 import re
 import secrets
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,8 @@ from support import eventually_sync
 
 from .common import KUBE_VERSIONS, ROOT
 
-CRD = ROOT / "crds" / "inferencegraph.yaml"
+CRDS = ROOT / "crds"
+CRD = CRDS / "inferencegraph.yaml"
 # A cold build of the cluster's binaries in the session fixture takes about 40 minutes (docs/kubernetes.md);
 # a warm start 10-15 s. Tests that use the cluster get this timeout unless they set their own.
 CLUSTER_TIMEOUT = 5400
@@ -106,6 +110,7 @@ class KubeApi:
         self.kubeconfig.chmod(0o600)
         self._cache = workdir / "kube-cache"  # kubectl's discovery cache, per test, not in $HOME
         self._namespaces: list[str] = []
+        self._ssl: ssl.SSLContext | None = None
 
     # ------------------------------------------------------------------ command lines
 
@@ -154,6 +159,21 @@ class KubeApi:
         self.kubectl("apply", *(["--server-side"] if server_side else []), "-f", "-", input=text)
 
     # ------------------------------------------------------------------ clients
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` (e.g. ``/apis/apps/v1/namespaces/x/deployments``) as the admin; the JSON body, or
+        None on 404. Cheaper than a kubectl process for the polling of ``eventually``."""
+        if self._ssl is None:
+            pki = Path(self.cluster.state["tmp"]) / "pki"
+            self._ssl = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            self._ssl.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", context=self._ssl, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise
 
     def client(self, kubeconfig: Path | None = None):
         """An official-client ApiClient for this cluster as the admin (or ``kubeconfig``): close it, or use it
@@ -211,12 +231,11 @@ class KubeApi:
 
 @pytest.fixture(scope="session")
 def crd(cluster) -> Path:
-    """The InferenceGraph CRD, installed once per session (cluster-scoped: shared by every test) and
-    Established. The chart ships the same file (test_crd.py), which helm installs only when absent."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/inferencegraphs.inferencegraph.dev"
-    )
+    """The project's CRDs (every file in crds/), installed once per session (cluster-scoped: shared by every
+    test) and Established. The chart ships the same files (test_crd.py), which helm installs only when
+    absent."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
     return CRD
 
 

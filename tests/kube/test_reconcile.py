@@ -10,7 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 
 from inference_graph.core.spec import Role, parse_graph
 from inference_graph.settings import OperatorSettings
@@ -681,21 +680,6 @@ async def test_graph_events_skip_a_generation_already_reconciled():
     api.graph = recreated
     await graph_event(body=recreated, type="ADDED", memo=memo)  # same name, new object
     assert passes == ["g", "g", "g"]
-
-
-def test_chart_rbac_grants_the_graph_calls_the_operator_makes_and_no_more():
-    rbac = (Path(__file__).parents[2] / "charts/dynamo/templates/rbac.yaml").read_text()
-    rules = yaml.safe_load(re.sub(r"{{.*?}}", "", rbac.split("---")[0]))["rules"]
-    graph_rules = {r["resources"][0]: r["verbs"] for r in rules if r["apiGroups"] == ["inferencegraph.dev"]}
-    # kube.py: GET the graph; kopf: list + watch; the status by merge patch (no kopf annotations on the graph)
-    assert graph_rules == {
-        "inferencegraphs": ["get", "list", "watch"],
-        "inferencegraphs/status": ["patch"],
-        "inferencegraphs/finalizers": ["update"],
-        # the scalers are children: listed, watched, applied (an apply that creates needs create), deleted
-        "inferencegraphscalers": ["get", "list", "watch", "create", "patch", "delete"],
-        "inferencegraphscalers/status": ["patch"],
-    }
 
 
 async def test_the_resync_passes_over_every_graph_periodically():
