@@ -456,3 +456,85 @@ async def test_a_request_during_a_nats_outage_waits_for_nats_and_for_its_respond
             await client_nc.close()
             await servers.close()
             await before.stop(drain_timeout=0)
+
+
+async def test_a_stream_whose_end_was_lost_in_a_nats_restart_fails_at_once_after_the_reconnect(namespace):
+    """The server ends a stream while NATS is down; its last frames reach NATS before the caller has
+    subscribed again, so they are dropped. After its reconnect the server heartbeats the streams it
+    just ended: the caller learns of the loss long before its liveness deadline (60 s here)."""
+    async with EmbeddedNats() as server_process:
+        server_nc = await nats.connect(
+            server_process.url, max_reconnect_attempts=-1, reconnect_time_wait=0.05
+        )
+        # The caller comes back later than the server, as one of many roles may: its reconnect
+        # attempts are 2 s apart, and NATS restarts right after one of them was refused.
+        refused = asyncio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            refused.set()
+
+        client_nc = await nats.connect(
+            server_process.url, max_reconnect_attempts=-1, reconnect_time_wait=2.0, error_cb=on_error
+        )
+        hang = Hang()
+        server = EndpointServer(server_nc, namespace, COMPONENT, "s1", liveness=4.0)
+        await server.serve("gen", hang)
+        client = EndpointClient(client_nc, namespace, COMPONENT, liveness=60)
+        try:
+            stream = client.stream("gen", b"")
+            assert await anext(stream) == b"first"
+            os.kill(server_process.pid, signal.SIGKILL)
+            await eventually(lambda: server_nc.is_connected, until=lambda up: not up, what="the disconnect")
+            hang.release.set()  # "last" and END are sent while NATS is down
+            await asyncio.wait_for(hang.finished.wait(), 5)
+            refused.clear()
+            await asyncio.wait_for(refused.wait(), 10)  # the caller's next attempt is 2 s away
+            await asyncio.to_thread(server_process.restart)
+            await eventually(lambda: server_nc.is_connected, what="the server's reconnect")
+            assert not client_nc.is_connected  # "last" and END are flushed now, and dropped
+            with pytest.raises(FramesLostError, match=r"frames 2\.\.3"):
+                async with asyncio.timeout(10):
+                    await anext(stream)
+        finally:
+            await client.close()
+            await server.stop(drain_timeout=0)
+            await client_nc.close()
+            await server_nc.close()
+
+
+async def test_a_request_whose_connection_drops_before_its_ack_is_sent_again(namespace):
+    """The first copy reached a server but its ACK never came back (NATS died): once NATS is back the
+    caller sends the request again, on a new reply subject, and the stream goes on from there."""
+    async with EmbeddedNats() as server_process:
+        options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.05}
+        server_nc = await nats.connect(server_process.url, **options)
+        client_nc = await nats.connect(server_process.url, **options)
+        replies: list[str] = []
+        enc = wire.encoder.encode
+
+        async def server(msg):
+            replies.append(msg.reply)
+            if len(replies) == 1:  # the first copy: NATS dies before its ACK goes out
+                os.kill(server_process.pid, signal.SIGKILL)
+                return
+            await server_nc.publish(
+                msg.reply, enc(wire.ResponseFrame(wire.FrameKind.ACK, 0, instance_id="s1"))
+            )
+            await server_nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.DATA, 1, payload=b"ok")))
+            await server_nc.publish(msg.reply, enc(wire.ResponseFrame(wire.FrameKind.END, 2)))
+
+        await server_nc.subscribe(f"ig.{namespace}.{COMPONENT}.gen", cb=server)
+        await server_nc.flush()
+        client = EndpointClient(client_nc, namespace, COMPONENT, outage_wait=30)
+        try:
+            request = asyncio.create_task(collect(client, "gen", b"", ack_timeout=30))
+            await eventually(lambda: replies, what="the first copy to reach the server")
+            await eventually(lambda: client_nc.is_connected, until=lambda up: not up, what="the disconnect")
+            await asyncio.to_thread(server_process.restart)
+            async with asyncio.timeout(10):  # long before the 30 s ACK timeout
+                assert await request == [b"ok"]
+            assert len(replies) == 2 and replies[0] != replies[1]
+        finally:
+            await client.close()
+            await client_nc.close()
+            await server_nc.close()

@@ -121,8 +121,9 @@ class EndpointServer:
         self.instance_id = instance_id
         self.liveness = liveness
         self.heartbeat_interval = liveness / 4
-        # Streams ended within ``liveness`` s: reply -> (seq of their last frame, when). After a
-        # reconnect their callers get heartbeats too, so one whose last frames were lost learns it.
+        # Streams ended within ``liveness`` s, or since NATS went down: reply -> (seq of their last
+        # frame, when). After a reconnect their callers get heartbeats too, for ``liveness`` s, so
+        # one whose last frames were lost learns it.
         self._ended: dict[str, tuple[int, float]] = {}
         self._request_subs: list[Subscription] = []
         self._control_sub: Subscription | None = None
@@ -277,7 +278,8 @@ class EndpointServer:
         while True:
             await asyncio.sleep(interval / 2)  # the heartbeat period, not synchronisation
             now = time.monotonic()
-            self._prune_ended(now)
+            if now >= recovering_until:  # kept through an outage and the recovery after it
+                self._prune_ended(now)
             if not _connected(self._nc):
                 recovering_until = math.inf
                 continue
