@@ -96,6 +96,18 @@ def chart_identity(kube) -> Path:
     assert {d["kind"] for d in docs} == {"ServiceAccount", "Role", "RoleBinding"}
     kube.apply(*docs)
     account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    user = f"system:serviceaccount:{kube.namespace}:{account}"
+
+    def granted() -> bool:  # the authorizer's RBAC cache takes a moment to see a new binding
+        return all(
+            kube.kubectl("auth", "can-i", *check, f"--as={user}", check=False).stdout.strip() == "yes"
+            for check in (
+                ("update", "inferencegraphs", "--subresource=finalizers"),
+                ("patch", "inferencegraphscalers"),
+            )
+        )
+
+    wait_for(granted, "the chart's Role in force")
     return kube.service_account_kubeconfig(account)
 
 
