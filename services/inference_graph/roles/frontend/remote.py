@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 
 import msgspec
@@ -11,11 +12,12 @@ from ... import wire
 from ...core.spec import Role
 from ...errors import ServingError, service_unavailable
 from ...runtime.discovery import InstanceWatch
-from ...runtime.errors import InstanceLostError, NoRespondersError, RequestTimeoutError
+from ...runtime.errors import FramesLostError, InstanceLostError, NoRespondersError, RequestTimeoutError
 from ...runtime.request_plane import EndpointClient
 from .ports import ModelCard
 
 PROCESS_ENDPOINT = "process"
+log = logging.getLogger(__name__)
 
 
 class NatsProcessorClient:
@@ -28,9 +30,26 @@ class NatsProcessorClient:
         self._decode = wire.decoder(wire.ProcessOutput).decode
 
     async def process(self, request: wire.ProcessRequest) -> AsyncGenerator[wire.ProcessOutput, None]:
-        stream = self._client.stream_batches(
-            PROCESS_ENDPOINT, self._encode(request), ack_timeout=self._ack_timeout
-        )
+        """The processor's outputs. A stream whose frames were lost in transport (a NATS restart)
+        or that went silent past the liveness deadline before its first output is sent again,
+        once: nothing reached the client yet, and the first copy is cancelled. Later, the
+        processor holds the request's state, so the error ends the request."""
+        payload = self._encode(request)
+        for attempt in range(2):
+            produced = False
+            try:
+                async for output in self._process(payload):
+                    produced = True
+                    yield output
+                return
+            except (FramesLostError, RequestTimeoutError) as exc:
+                transport = isinstance(exc, FramesLostError) or exc.phase == "idle"
+                if produced or attempt or not transport:
+                    raise
+                log.warning("request %s sent again before its first output: %s", request.request_id, exc)
+
+    async def _process(self, payload: bytes) -> AsyncGenerator[wire.ProcessOutput, None]:
+        stream = self._client.stream_batches(PROCESS_ENDPOINT, payload, ack_timeout=self._ack_timeout)
         decode = self._decode
         try:
             async with contextlib.aclosing(stream):
@@ -45,6 +64,8 @@ class NatsProcessorClient:
         except InstanceLostError as exc:
             raise _unavailable(f"The processor serving this request ({exc.instance_id}) stopped.") from None
         except RequestTimeoutError as exc:
+            if exc.phase == "idle":
+                raise  # process() may send it again; a RequestTimeoutError is a 504 as it is
             raise service_unavailable(f"The processor did not answer: {exc}", status=504) from None
 
 
