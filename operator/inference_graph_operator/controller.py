@@ -41,6 +41,7 @@ from .reconcile import (
     is_controlled_by,
     plan,
     status_patch,
+    unschedulable_roles,
 )
 from .render import OperatorDefaults, child_name, scaler_status
 
@@ -116,7 +117,19 @@ class GraphController:
         children, conflicts = self._apply(todo, observed, body, result)
         self._scaler_status(desired, children, result)
         children = [c for c in children if c.get("kind") != SCALER_KIND]
-        problems = Problems(spec_error=desired.error, conflicts=conflicts, failures=result.failures)
+        pending = any(
+            (d.get("status") or {}).get("readyReplicas", 0) < (d.get("spec") or {}).get("replicas", 0)
+            for d in children
+            if d.get("kind") == "Deployment"
+        )  # the pods are read only while some are not ready
+        problems = Problems(
+            spec_error=desired.error,
+            conflicts=conflicts,
+            failures=result.failures,
+            unschedulable=unschedulable_roles(self.api.list_pods(namespace, children_selector(name)))
+            if pending and desired.error is None
+            else {},
+        )
         status = graph_status(body, desired, children, problems, result.changed, self.clock())
         patch = status_patch(body.get("status"), status)
         if patch is not None:

@@ -4,9 +4,10 @@
   restart converges the same way a first start does) → a pass for it, unless the
   controller has already reconciled this object (uid) at this generation: the operator's
   own status writes do not change the generation and cost no pass.
-- A child (Deployment, Service, ConfigMap with our ``managed-by`` label) changes or
-  is deleted → a pass for the graph that controls it: drift is undone and the status
-  follows the Deployments' readiness.
+- A child (Deployment, Service, ConfigMap, InferenceGraphScaler with our ``managed-by``
+  label) changes or is deleted → a pass for the graph that controls it: drift is undone,
+  a scaled role's Deployment follows its scaler, and the status follows the Deployments'
+  readiness.
 - Every ``resync_seconds`` the controller lists the graphs and passes over each, in case a
   watch event was missed or a write failed (an operator-wide task started and stopped with
   kopf, not a kopf timer: kopf puts a finalizer on every object that has timers, and a
@@ -33,12 +34,17 @@ from inference_graph.settings import OperatorSettings
 
 from .config import OperatorConfig
 from .controller import GraphController
-from .crd import PLURAL, VERSION
+from .crd import PLURAL, SCALER_PLURAL, VERSION
 from .planner_advice import PlannerAdvice
 from .reconcile import MANAGED_BY
-from .render import MANAGED_BY_LABEL
+from .render import INSTANCE_LABEL, MANAGED_BY_LABEL
 
-CHILD_RESOURCES = (("", "v1", "configmaps"), ("", "v1", "services"), ("apps", "v1", "deployments"))
+CHILD_RESOURCES = (
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("apps", "v1", "deployments"),
+    (API_GROUP, VERSION, SCALER_PLURAL),
+)
 ANNOTATION_PREFIX = API_GROUP
 
 
@@ -77,6 +83,22 @@ async def child_changed(body: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> N
         await memo.controller.request(body["metadata"]["namespace"], owner)
 
 
+def unschedulable(body: Mapping[str, Any], **_: Any) -> bool:
+    """A pod the scheduler cannot place (PodScheduled False): the only pod events that cost a pass."""
+    return any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False"
+        for c in (body.get("status") or {}).get("conditions") or []
+    )
+
+
+async def pod_unschedulable(body: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    """A pass for the graph of a pod the scheduler gave up on (its instance label): the status then names
+    the role and the scheduler's reason (pods are owned by ReplicaSets, not by the graph)."""
+    graph = (body["metadata"].get("labels") or {}).get(INSTANCE_LABEL)
+    if graph:
+        await memo.controller.request(body["metadata"]["namespace"], graph)
+
+
 def controlling_graph(body: Mapping[str, Any]) -> str | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if (
@@ -105,6 +127,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300  # re-list now and then: a missed event heals itself
+    # No watching of CRDs and namespaces: kopf finds our resources by API discovery once at start (the
+    # CRDs come with the chart, before the operator) and watches the namespace it is given or all of them.
+    # So the chart's RBAC needs neither (the real authorizer in tests/kube/test_operator.py proves it):
+    # namespaced, kopf would otherwise retry its forbidden namespace list for a minute before it starts.
+    settings.scanning.disabled = True
 
 
 def make_registry() -> kopf.OperatorRegistry:
@@ -120,6 +147,9 @@ def make_registry() -> kopf.OperatorRegistry:
         kopf.on.event(group, version, plural, registry=registry, labels={MANAGED_BY_LABEL: MANAGED_BY})(
             child_changed
         )
+    kopf.on.event(
+        "", "v1", "pods", registry=registry, labels={MANAGED_BY_LABEL: MANAGED_BY}, when=unschedulable
+    )(pod_unschedulable)
     return registry
 
 

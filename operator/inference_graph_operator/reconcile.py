@@ -339,6 +339,23 @@ class Problems:
     spec_error: SpecError | None = None
     conflicts: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # "apply Deployment g-decode: 403 Forbidden"
+    unschedulable: dict[str, str] = field(default_factory=dict)  # role -> the scheduler's message
+
+
+def unschedulable_roles(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Per role, why the scheduler cannot place one of its pods (PodScheduled False, Unschedulable: e.g.
+    a tensorParallelSize above any node's GPUs), in the scheduler's words."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        role = _role_of(pod)
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+                "PodScheduled",
+                "False",
+                "Unschedulable",
+            ):
+                out.setdefault(role or "?", cond.get("message") or "Unschedulable")
+    return dict(sorted(out.items()))
 
 
 def _role_of(deployment: Mapping[str, Any]) -> str | None:
@@ -447,6 +464,13 @@ def conditions(
         )
     elif problems.failures:
         reason, message = "ApplyFailed", "; ".join(problems.failures)
+    elif problems.unschedulable:
+        reason, message = (
+            "Unschedulable",
+            "; ".join(
+                f"{role}: pods cannot be scheduled: {why}" for role, why in problems.unschedulable.items()
+            ),
+        )
     elif failed:
         reason, message = "RolloutFailed", "; ".join(failed)
     else:

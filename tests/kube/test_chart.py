@@ -115,7 +115,9 @@ def test_rbac_is_least_privilege(chart):
         docs, _ = render(chart, values)
         (role,) = find(docs, "ClusterRole") + find(docs, "Role")
         resources = {r for rule in role["rules"] for r in rule["resources"]}
-        assert "secrets" not in resources and "pods" not in resources and "*" not in resources
+        assert "secrets" not in resources and "*" not in resources
+        pods = [rule["verbs"] for rule in role["rules"] if "pods" in rule["resources"]]
+        assert pods == [["list", "watch"]]  # read only
         assert all("*" not in rule["verbs"] for rule in role["rules"])
         assert {
             "inferencegraphs",

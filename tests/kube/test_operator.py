@@ -281,6 +281,36 @@ def test_create_every_config_children_pods_status_and_printer_columns(kube, clus
     assert wide[0].split() == WIDE_HEADER
 
 
+def test_a_role_no_node_can_hold_stays_pending_and_the_status_says_why(kube, operator):
+    """tensorParallelSize 16 on 8-GPU nodes: kube-scheduler leaves decode's pod Pending (Unschedulable) and
+    the graph's Degraded condition names the role and the scheduler's reason; the other roles run."""
+    big = json.loads(json.dumps(DISAGG))
+    big["spec"]["engine"] = {"type": "vllm"}  # GPU requests (the mocker asks for none)
+    big["spec"]["services"]["decode"] = {"replicas": 1, "tensorParallelSize": 16}
+    apply(kube, big)
+
+    def degraded() -> dict | None:
+        ig = graph(kube, "pd")
+        return ig if condition(ig, "Degraded").get("reason") == "Unschedulable" else None
+
+    ig = wait_for(degraded, "the Unschedulable condition")
+    message = condition(ig, "Degraded")["message"]
+    assert message.startswith("decode: pods cannot be scheduled: "), message
+    assert "Insufficient nvidia.com/gpu" in message, message
+    assert ig["status"]["phase"] == "Degraded"
+    assert condition(ig, "Ready")["status"] == "False"
+    (pod,) = pods_by_role(kube, "pd")["decode"]
+    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    wait_for(
+        lambda: all(is_ready(p) for p in pods_by_role(kube, "pd")["prefill"]), "prefill placed and Ready"
+    )
+
+    big["spec"]["services"]["decode"]["tensorParallelSize"] = 8  # fits a node: the condition clears
+    apply(kube, big)
+    wait_for(lambda: graph(kube, "pd")["status"]["phase"] == "Ready", "pd Ready after the fix")
+    assert condition(graph(kube, "pd"), "Degraded")["reason"] == "AsExpected"
+
+
 # ---------------------------------------------------------------- spec update
 
 

@@ -31,6 +31,7 @@ from inference_graph_operator.reconcile import (
     plan,
     scale_decisions,
     status_patch,
+    unschedulable_roles,
 )
 from inference_graph_operator.render import OperatorDefaults
 
@@ -379,6 +380,7 @@ def test_invalid_spec_status_names_the_field_and_keeps_what_runs():
     [
         (Problems(conflicts=["ConfigMap g-graph"]), "ChildConflict"),
         (Problems(failures=["create Deployment g-decode: 403 forbidden"]), "ApplyFailed"),
+        (Problems(unschedulable={"decode": "0/4 nodes are available"}), "Unschedulable"),
     ],
 )
 def test_degraded_reasons(problems, reason):
@@ -387,6 +389,21 @@ def test_degraded_reasons(problems, reason):
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", reason)
     assert status["phase"] == "Degraded"
+
+
+def test_unschedulable_pods_are_named_by_role_in_the_schedulers_words():
+    def pod(role: str, scheduled: str, reason: str | None = None, message: str = "") -> dict:
+        cond = {"type": "PodScheduled", "status": scheduled, "reason": reason, "message": message}
+        labels = {"app.kubernetes.io/component": role}
+        return {"metadata": {"labels": labels}, "status": {"conditions": [cond]}}
+
+    full = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    pods = [pod("prefill", "True"), pod("decode", "False", "Unschedulable", full), pod("router", "False")]
+    # router's pod is not placed for another reason (SchedulingGated): not the scheduler giving up
+    assert unschedulable_roles(pods) == {"decode": full}
+    status = status_for([], Problems(unschedulable={"decode": full}))
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["message"] == f"decode: pods cannot be scheduled: {full}"
 
 
 def test_a_stuck_rollout_is_degraded():
@@ -495,6 +512,9 @@ class MemoryApi:
 
     def get(self, kind, namespace, name):
         return copy.deepcopy(self.objects.get((kind, name)))
+
+    def list_pods(self, namespace, selector):
+        return []
 
     def apply(self, obj, force=False):
         key = (obj["kind"], obj["metadata"]["name"])
