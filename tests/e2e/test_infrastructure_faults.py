@@ -4,7 +4,8 @@ A graph (frontend -> processor -> decode worker, simulated engine) runs on its o
 etcd from ``runtime.embedded``, as external servers (``NATS_SERVER`` / ``ETCD_ENDPOINTS``). A steady
 stream of streaming completions (``RATE`` a second, ``MAX_TOKENS`` tokens each) runs while the
 server is SIGKILLed and started again on the same port with the same data (JetStream dir, etcd data
-dir) ``OUTAGE`` seconds later, as a crashed server that its supervisor restarts would be.
+dir) ``OUTAGE`` seconds later, as a crashed server that its supervisor restarts would be; and the
+launcher's own embedded nats-server is SIGKILLed, which the launcher starts again on its port.
 
 Every request is counted: completed (a finish reason, no error event), failed (an HTTP error or an
 error event), hung (no end within ``REQUEST_BOUND`` s, the client's own deadline). The promise
@@ -18,6 +19,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +27,7 @@ import pytest
 from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, free_port
 
 from .conftest import TINY_OVERRIDES
-from .graph import LocalGraph
+from .graph import LocalGraph, descendants
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -99,12 +101,13 @@ def summary(name: str, runs: list[dict]) -> dict:
     return counts
 
 
-def start(name: str, nats_url: str, etcd: EmbeddedEtcd, tmp_path) -> LocalGraph:
+def start(name: str, infrastructure: dict[str, str], tmp_path) -> LocalGraph:
+    """The graph on the given servers; with none, on the launcher's own embedded ones."""
     graph = LocalGraph(
         "configs/agg.yaml",
         free_port(),
         [f"metadata.name={name}", *SIMULATED],
-        {"NATS_SERVER": nats_url, "ETCD_ENDPOINTS": etcd.endpoint, "IG_LEASE_TTL": "3"},
+        {**infrastructure, "IG_LEASE_TTL": "3"},
         tmp_path / f"{name}.log",
     )
     graph.wait_ready()
@@ -126,15 +129,33 @@ def kill_and_restart(server):
     return fault
 
 
-@pytest.mark.parametrize("which", ["nats", "etcd"])
+def kill_embedded_nats(graph: LocalGraph):
+    """SIGKILL the launcher's embedded nats-server; the launcher starts it again (keep_running)."""
+    (pid,) = [
+        p for p in descendants(graph.proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "nats-server"
+    ]
+
+    async def fault() -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    return fault
+
+
+@pytest.mark.parametrize("which", ["nats", "etcd", "embedded-nats"])
 async def test_server_sigkilled_and_restarted_under_load_hangs_no_request_and_fails_none(
     servers, tmp_path, which
 ):
     nats_server, etcd = servers
-    graph = start(f"{which}-restart", nats_server.url, etcd, tmp_path)
+    external = {"NATS_SERVER": nats_server.url, "ETCD_ENDPOINTS": etcd.endpoint}
+    graph = start(f"{which}-restart", {} if which == "embedded-nats" else external, tmp_path)
+    faults = {
+        "nats": lambda: kill_and_restart(nats_server),
+        "etcd": lambda: kill_and_restart(etcd),
+        "embedded-nats": lambda: kill_embedded_nats(graph),
+    }
     try:
         async with httpx.AsyncClient(base_url=graph.base_url, timeout=REQUEST_BOUND + 5) as http:
-            runs = await steady_stream(http, kill_and_restart(nats_server if which == "nats" else etcd))
+            runs = await steady_stream(http, faults[which]())
     finally:
         graph.stop()
     counts = summary(f"{which} restart", runs)

@@ -1,6 +1,8 @@
 """The embedded servers start, answer, and leave nothing behind."""
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import pytest
 
 from inference_graph.runtime.discovery import Discovery
 from inference_graph.runtime.embedded import EmbeddedEtcd, EmbeddedNats, EmbeddedServerError
-from support import eventually_sync
+from support import eventually, eventually_sync
 
 
 def _state(pid: int) -> str | None:
@@ -110,3 +112,24 @@ async def test_servers_start_while_grpc_is_busy(discovery, namespace):
         async with EmbeddedNats(jetstream=False) as server:
             assert server.pid is not None
     await watch.close()
+
+
+@pytest.mark.parametrize("kind", [EmbeddedNats, EmbeddedEtcd])
+async def test_keep_running_restarts_a_killed_server_on_its_port_with_its_data(kind):
+    """What the launcher does for its embedded servers: a SIGKILLed one comes back where it was."""
+    async with kind() as server:
+        port, first = server.port, server.pid
+        keeper = asyncio.create_task(server.keep_running(interval=0.05))
+        try:
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await eventually(
+                lambda: (server.pid, server.exited(), server._probe()),
+                until=lambda seen: seen[0] != first and seen[1] is None and seen[2],
+                timeout=20,
+                what="the server to be started again and answer",
+            )
+            assert server.port == port
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)

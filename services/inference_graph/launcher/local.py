@@ -98,19 +98,30 @@ async def infrastructure(
     infra = graph.spec.infrastructure
     env = {}
     async with contextlib.AsyncExitStack() as stack:
+        embedded: list[EmbeddedNats | EmbeddedEtcd] = []
         nats_url = (settings.nats_url if "nats_url" in given else "") or infra.nats.url
         if not nats_url:
             nats = await stack.enter_async_context(EmbeddedNats())
+            embedded.append(nats)
             nats_url = nats.url
             print(f"started embedded nats-server (JetStream) at {nats_url}", flush=True)
         env[Env.NATS_SERVER] = nats_url
         etcd = ",".join(settings.etcd_endpoints if "etcd_endpoints" in given else infra.etcd.endpoints or [])
         if not etcd:
             server = await stack.enter_async_context(EmbeddedEtcd())
+            embedded.append(server)
             etcd = ",".join(server.endpoints)
             print(f"started embedded etcd at {etcd}", flush=True)
         env[Env.ETCD_ENDPOINTS] = etcd
+        for item in embedded:  # a crashed server comes back on its port; the keepers stop first on exit
+            keeper = asyncio.create_task(item.keep_running(), name=f"keep {item.name} running")
+            stack.push_async_callback(_cancel, keeper)
         yield env
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def wait_until_ready(url: str, timeout: float, failed: asyncio.Future) -> None:

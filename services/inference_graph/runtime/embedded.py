@@ -272,6 +272,25 @@ class _EmbeddedServer:
         self._wait_ready(self._start_attempts)  # no retry: the ports are fixed now
         return self
 
+    def exited(self) -> int | None:
+        """The exit code if the server process has ended (crashed, killed), else None."""
+        return self._proc_box[0].poll() if self._proc_box else None
+
+    async def keep_running(self, interval: float = 0.5) -> None:
+        """Restart the server on the same ports with the same data whenever it exits, until
+        cancelled: what a supervisor does for a real deployment's NATS or etcd, so the launcher's
+        embedded servers come back after a crash (clients reconnect by themselves)."""
+        while True:
+            await asyncio.sleep(interval)  # how often to look at the process
+            code = self.exited()
+            if code is None:
+                continue
+            print(f"embedded {self.name} exited with {code}; restarting it on the same port", flush=True)
+            try:
+                await asyncio.to_thread(self.restart)
+            except EmbeddedServerError as exc:
+                print(f"embedded {self.name} did not restart (trying again): {exc}", flush=True)
+
     def __enter__(self) -> Self:
         return self.start()
 
