@@ -1,8 +1,9 @@
 """Reconcile latency of the operator: apply → all children present, for 1 and for 100 graphs.
 
-Against the project's Kubernetes API emulator (tests/kube/emulator; no API server can run
-here), with the real operator as a subprocess (``python -m inference_graph_operator``, kopf
-and the official client) and the real kubectl applying the CRD. Each graph is
+On the local control plane of tests/cluster (kube-apiserver, controller-manager, scheduler, kwok's
+fake GPU nodes; started for the run in its own directory, the binaries built once), with the real
+operator as a subprocess (``python -m inference_graph_operator``, kopf and the official client,
+the admin's credentials) and the pinned kubectl applying the CRDs. Each graph is
 ``--config`` (default configs/agg_router.yaml: a ConfigMap, four Deployments, a Service)
 under its own name, created with one POST per graph in a burst (what ``kubectl apply -f``
 of a multi-document file does, without kubectl's per-object discovery cost).
@@ -11,8 +12,8 @@ Per graph: the time from its POST's response to the first poll (every ``--poll-m
 finds all of its children, and to the first poll that finds its status written
 (``observedGeneration`` 1). Per run: the time from the first POST to the last graph
 complete. The operator runs warm: a warm-up graph is reconciled before timing starts.
-The emulator serves from a thread of this process: its CPU competes with the polling and
-the operator on the same cores, as an API server would on a 2-core machine.
+The API server, etcd, the controllers and kwok share the machine's cores with the operator and
+the poller; the CPU columns are the operator's, the API server's, and this process's (poller).
 
     .venv/bin/python bench/reconcile.py                 # 1 and 100 graphs
     .venv/bin/python bench/reconcile.py --graphs 1,10   # other sizes
@@ -26,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,10 +39,9 @@ import yaml
 
 from harness import RESULTS, ROOT, cpu_seconds, fmt, output_args, pct, table, write_json
 
-sys.path.insert(0, str(ROOT))
-from tests.kube.emulator import EmulatorServer
+sys.path.insert(0, str(ROOT / "tests"))
+from cluster import cluster as ctl  # tests/cluster/cluster.py
 
-KUBECTL = "kubectl"
 SELECTOR = "app.kubernetes.io/managed-by=inference-graph-operator"
 CHILD_LISTS = (
     "/api/v1/namespaces/{ns}/configmaps",
@@ -60,24 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def kubeconfig(url: str, directory: Path) -> Path:
-    path = directory / "kubeconfig"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "bench", "user": {"token": "bench"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "bench"}}],
-        "current-context": "emulator",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+TLS: ssl.SSLContext | None = None  # the cluster's CA and the admin's client certificate
 
 
 def request(url: str, method: str = "GET", body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as response:
+    with urllib.request.urlopen(req, timeout=30, context=TLS) as response:
         return json.loads(response.read())
 
 
@@ -105,11 +95,18 @@ def expected_children(template: dict) -> int:
     from inference_graph.core.spec import parse_graph
     from inference_graph_operator.render import Owner, render
 
-    return len(render(parse_graph(graph_manifest(template, "x", "default")), Owner("x", "uid")))
+    objs = render(parse_graph(graph_manifest(template, "x", "default")), Owner("x", "uid"))
+    return sum(o["kind"] in ("ConfigMap", "Service", "Deployment") for o in objs)  # what CHILD_LISTS list
 
 
 def run(
-    url: str, template: dict, count: int, namespace: str, args: argparse.Namespace, operator_pid: int
+    url: str,
+    template: dict,
+    count: int,
+    namespace: str,
+    args: argparse.Namespace,
+    operator_pid: int,
+    apiserver_pid: int,
 ) -> dict:
     request(
         f"{url}/api/v1/namespaces",
@@ -119,7 +116,7 @@ def run(
     want = expected_children(template)
     names = [f"g{i:03d}" for i in range(count)]
     applied: dict[str, float] = {}
-    cpu_before = cpu_seconds(operator_pid), time.process_time()
+    cpu_before = cpu_seconds(operator_pid), cpu_seconds(apiserver_pid), time.process_time()
     start = time.perf_counter()
     for name in names:
         request(
@@ -142,9 +139,10 @@ def run(
         for name in graphs_with_status(url, namespace) - status_done.keys():
             status_done[name] = now
         time.sleep(args.poll_ms / 1000)  # polling interval of the observer, not synchronisation
-    operator_cpu, emulator_cpu = (
+    operator_cpu, apiserver_cpu, poller_cpu = (
         cpu_seconds(operator_pid) - cpu_before[0],
-        time.process_time() - cpu_before[1],
+        cpu_seconds(apiserver_pid) - cpu_before[1],
+        time.process_time() - cpu_before[2],
     )
     children = [1000 * (children_done[n] - applied[n]) for n in names]
     status = [1000 * (status_done[n] - applied[n]) for n in names]
@@ -157,7 +155,8 @@ def run(
         "children_ms": summary(children),
         "status_ms": summary(status),
         "operator_cpu_s": operator_cpu,
-        "emulator_and_poller_cpu_s": emulator_cpu,
+        "apiserver_cpu_s": apiserver_cpu,
+        "poller_cpu_s": poller_cpu,
     }
 
 
@@ -188,33 +187,39 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(c) for c in args.graphs.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    with EmulatorServer() as server, tempfile.TemporaryDirectory() as tmp:
-        config = kubeconfig(server.url, Path(tmp))
-        env = {**os.environ, "KUBECONFIG": str(config)}
-        subprocess.run(
-            [KUBECTL, "apply", "-f", str(ROOT / "crds" / "inferencegraph.yaml")],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        operator = start_operator(config, RESULTS / f"reconcile-{stamp}-operator.log")
+    global TLS
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = ctl.Cluster(ctl.build(), Path(tmp))
         try:
-            # imports, login, watches established
-            warmup = run(server.url, template, 1, "warmup", args, operator.pid)
-            rows = [
-                run(server.url, template, count, f"bench-{count}", args, operator.pid) for count in counts
-            ]
+            cluster.up(nodes=4)
+            pki = Path(cluster.state["tmp"]) / "pki"
+            TLS = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            TLS.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+            url = f"https://127.0.0.1:{cluster.state['ports']['apiserver']}"
+            cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+            cluster.kubectl("wait", "--for=condition=Established", "-f", str(ROOT / "crds"))
+            apiserver = cluster.state["processes"]["kube-apiserver"]
+            operator = start_operator(cluster.kubeconfig, RESULTS / f"reconcile-{stamp}-operator.log")
+            try:
+                # imports, login, watches established
+                warmup = run(url, template, 1, "warmup", args, operator.pid, apiserver)
+                rows = [
+                    run(url, template, count, f"bench-{count}", args, operator.pid, apiserver)
+                    for count in counts
+                ]
+            finally:
+                operator.terminate()
+                operator.wait(timeout=30)
         finally:
-            operator.terminate()
-            operator.wait(timeout=30)
+            ctl.stop(cluster.state, quiet=True)
     print_table(rows)
-    api = "tests/kube/emulator (in-process API emulator), not a real API server"
+    api = f"the local control plane of tests/cluster (Kubernetes {ctl.read_versions()['KUBERNETES_VERSION']})"
     write_json("reconcile", args, {"api": api, "warmup": warmup, "runs": rows})
 
 
 def print_table(rows: list[dict]) -> None:
     head = ["graphs", "children", "apply ms", "all children ms", "all status ms", "children p50/p95/max ms"]
-    head += ["status p50/p95/max ms", "CPU s operator / emulator+poller"]
+    head += ["status p50/p95/max ms", "CPU s operator / API server / poller"]
 
     def spread(d: dict) -> str:
         return " / ".join(fmt(d[k], 0) for k in ("p50", "p95", "max"))
@@ -228,7 +233,7 @@ def print_table(rows: list[dict]) -> None:
             fmt(r["all_status_ms"], 0),
             spread(r["children_ms"]),
             spread(r["status_ms"]),
-            f"{r['operator_cpu_s']:.2f} / {r['emulator_and_poller_cpu_s']:.2f}",
+            f"{r['operator_cpu_s']:.2f} / {r['apiserver_cpu_s']:.2f} / {r['poller_cpu_s']:.2f}",
         ]
         for r in rows
     ]
