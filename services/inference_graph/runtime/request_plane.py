@@ -326,7 +326,8 @@ class _Stream:
     instance_id: str = ""  # instance that ACKed
     finished: bool = False
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
-    acked: bool = False  # past the ACK: the liveness deadline applies
+    acked: bool = False  # past the ACK: the liveness deadline applies (unless own_limit)
+    own_limit: bool = False  # the call gave its own idle_timeout instead
     last_frame: float = 0.0  # time.monotonic() of the last frame (DATA, HEARTBEAT, ...) received
     expired: bool = False  # the liveness deadline already failed it
 
@@ -430,7 +431,13 @@ class EndpointClient:
             if instance_id
             else names.endpoint_subject(self.namespace, self.component, endpoint)
         )
-        st = _Stream(subject, f"{self._inbox_prefix}.{token}", instance_id, token=token)
+        st = _Stream(
+            subject,
+            f"{self._inbox_prefix}.{token}",
+            instance_id,
+            token=token,
+            own_limit=idle_timeout is not None,
+        )
         self._streams[token] = st
         data = _FrameKind.DATA
         try:
@@ -605,7 +612,7 @@ class EndpointClient:
             await asyncio.sleep(self.liveness / 4)  # the check's period, not synchronisation
             limit = time.monotonic() - self.liveness
             for st in list(self._streams.values()):
-                if st.acked and not st.expired and not st.finished and st.last_frame < limit:
+                if st.acked and not (st.expired or st.finished or st.own_limit) and st.last_frame < limit:
                     st.expired = True
                     st.queue.put_nowait(RequestTimeoutError(st.subject, "idle", self.liveness, st.serving))
 
