@@ -70,6 +70,13 @@ class Operator:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, whatever it was doing (a crash, an evicted pod)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
@@ -423,6 +430,36 @@ def test_deleting_the_graph_garbage_collects_its_children(kube, operator):
     assert "Traceback" not in operator.log()
 
 
+def test_finalizers_hold_the_graph_and_foreground_deletion_takes_the_children_first(kube, operator):
+    """A user's finalizer keeps a deleted graph, and its children, until removed; the operator leaves a
+    graph being deleted alone (no recreation). Foreground deletion: the garbage collector deletes the
+    children (blockOwnerDeletion) before the graph."""
+    held = {**DISAGG, "metadata": {"name": "pd", "finalizers": ["example.com/hold"]}}
+    apply(kube, held)
+    want = expected_children(DISAGG)
+    wait_for(converged(kube, "pd", want), "pd created")
+    kube.kubectl("delete", "ig", "pd", "--wait=false")
+    assert graph(kube, "pd")["metadata"]["deletionTimestamp"]
+    kube.kubectl("delete", "deployment", "pd-frontend")  # no pass recreates it: the graph is going
+    kube.kubectl("get", "ig", "pd")  # still there, held by the finalizer
+    assert set(children(kube, "pd")) == want - {("Deployment", "pd-frontend")}
+    kube.kubectl(
+        "patch", "ig", "pd", "--type=json", "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]'
+    )
+    # 60 s: the garbage collector finds a new CRD by re-reading discovery every 30 s; until then it learns
+    # that an InferenceGraph owner is gone only then (a run of this test alone, right after `crd`).
+    gone = lambda: graph(kube, "pd") is None and not children(kube, "pd")  # noqa: E731
+    wait_for(gone, "graph and children gone", timeout=60)
+
+    apply(kube, {**DISAGG, "metadata": {"name": "fg"}})
+    wait_for(converged(kube, "fg", expected_children({**DISAGG, "metadata": {"name": "fg"}})), "fg created")
+    kube.kubectl("delete", "ig", "fg", "--cascade=foreground", "--wait=false")
+    seen = wait_for(lambda: graph(kube, "fg"), "fg in foreground deletion")
+    assert "foregroundDeletion" in seen["metadata"]["finalizers"]
+    wait_for(lambda: graph(kube, "fg") is None, "fg gone after its children")
+    assert children(kube, "fg") == {}
+
+
 # ---------------------------------------------------------------- invalid spec
 
 
@@ -456,6 +493,22 @@ def test_invalid_spec_names_the_field_and_creates_nothing(kube, operator):
 
 
 # ---------------------------------------------------------------- restart
+
+
+def test_an_operator_killed_mid_pass_converges_when_restarted(kube, operator):
+    """SIGKILL as soon as the first child of a new graph exists (mid-pass, or just after): the next
+    operator finishes the work, adopting what exists (same uids), with no duplicates."""
+    apply(kube, DISAGG)
+    first = wait_for(lambda: children(kube, "pd"), "a first child")
+    operator.kill()
+    operator.start()
+    want = expected_children(DISAGG)
+    wait_for(converged(kube, "pd", want), "pd converged after the kill")
+    after = children(kube, "pd")
+    for key, obj in first.items():
+        assert after[key]["metadata"]["uid"] == obj["metadata"]["uid"], key
+    listed = kube.get(f"/apis/apps/v1/namespaces/{kube.namespace}/deployments?labelSelector={SELECTOR}")
+    assert len(listed["items"]) == len([k for k in want if k[0] == "Deployment"])
 
 
 def test_operator_restart_converges_without_duplicates(kube, operator):
