@@ -10,6 +10,7 @@ This package is the only place that talks to the infrastructure servers. Roles
   and cancel frames (``wire.ResponseFrame``);
 - ``event_plane``: KV events and load metrics over NATS;
 - ``errors``: the exception tree callers catch;
+- ``nats_flush``: waiting until the server has a connection's subscriptions;
 - ``embedded``: real nats-server / etcd processes for tests and local runs.
 
 What a role *does* with a request never lives here.

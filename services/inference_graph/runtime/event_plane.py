@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 
 from .. import wire
 from . import names
+from .nats_flush import interest_registered
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ async def _subscribe(nc: NATS, subject: str, type_: type[T], callback: Callback[
             log.exception("event callback failed on %s", msg.subject)
 
     sub = await nc.subscribe(subject, cb=on_msg)
-    await nc.flush()  # interest is registered at the server when we return
+    await interest_registered(nc)  # interest is registered at the server when we return
     return sub
 
 

@@ -67,6 +67,7 @@ from .errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from .nats_flush import interest_registered
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class EndpointServer:
             self._heartbeats = asyncio.get_running_loop().create_task(
                 self._send_heartbeats(), name=f"heartbeats {self.component}"
             )
-        await self._nc.flush()  # the server knows our interest once serve() returns
+        await interest_registered(self._nc)  # the server knows our interest once serve() returns
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Stop taking requests, let in-flight streams finish until the deadline, cancel the rest.
@@ -178,14 +179,10 @@ class EndpointServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            await asyncio.gather(self._heartbeats, return_exceptions=True)
-            self._heartbeats = None
-        if self._control_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._control_sub.unsubscribe()
-            self._control_sub = None
+        await _cancel(self._heartbeats)
+        self._heartbeats = None
+        await _unsubscribe(self._control_sub)
+        self._control_sub = None
         with contextlib.suppress(Exception):
             await self._nc.flush()
 
@@ -507,14 +504,10 @@ class EndpointClient:
         self._closed = True
         for st in list(self._streams.values()):
             st.queue.put_nowait(ClientClosedError("EndpointClient was closed"))
-        if self._liveness_task is not None:
-            self._liveness_task.cancel()
-            await asyncio.gather(self._liveness_task, return_exceptions=True)
-            self._liveness_task = None
-        if self._reply_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._reply_sub.unsubscribe()
-            self._reply_sub = None
+        await _cancel(self._liveness_task)
+        self._liveness_task = None
+        await _unsubscribe(self._reply_sub)
+        self._reply_sub = None
 
     # -- internals
 
@@ -692,3 +685,17 @@ class EndpointClient:
         subject = names.control_subject(self.namespace, self.component, instance_id)
         with contextlib.suppress(Exception):  # best effort: the instance may be gone
             await self._nc.publish(subject, _encode(wire.CancelRequest(request_id=reply)))
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _unsubscribe(sub: Subscription | None) -> None:
+    """Drop a subscription while closing; the connection may already be gone, which is fine then."""
+    if sub is not None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
