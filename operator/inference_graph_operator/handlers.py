@@ -43,6 +43,7 @@ CHILD_RESOURCES = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
     ("apps", "v1", "deployments"),
+    ("policy", "v1", "poddisruptionbudgets"),
     (API_GROUP, VERSION, SCALER_PLURAL),
 )
 ANNOTATION_PREFIX = API_GROUP

@@ -35,6 +35,7 @@ _CHILD_PATHS = {
     "ConfigMap": ("v1", "configmaps"),
     "Service": ("v1", "services"),
     "Deployment": ("apps/v1", "deployments"),
+    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
     SCALER_KIND: (f"{API_GROUP}/{VERSION}", SCALER_PLURAL),
 }
 GRAPH_PATH = f"/apis/{API_GROUP}/{VERSION}"

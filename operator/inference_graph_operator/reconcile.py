@@ -52,7 +52,7 @@ from .render import (
 )
 
 MANAGED_BY = "inference-graph-operator"
-CHILD_KINDS = ("ConfigMap", "Deployment", "Service", SCALER_KIND)
+CHILD_KINDS = ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget", SCALER_KIND)
 MISSING = "missing"
 
 

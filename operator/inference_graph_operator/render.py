@@ -37,7 +37,17 @@ Choices (see docs/kubernetes.md):
   role's ``env`` overrides everything.
 - Rolling updates: each pod template carries a hash of the parts of the spec its
   role reads (its own service entry without replicas, and the shared sections), so
-  a spec change rolls only the roles it affects and scaling rolls nothing.
+  a spec change rolls only the roles it affects and scaling rolls nothing. Every
+  Deployment rolls with maxUnavailable 0 and maxSurge 1: an old pod goes only once its
+  replacement is Ready, so ready pods never drop below replicas (a GPU role needs room
+  for one more instance's GPUs; without it the new pod stays Pending and the rollout
+  waits, old pods serving).
+- Disruptions: a role with 2 or more replicas gets a PodDisruptionBudget with
+  maxUnavailable 1, so a drain or any other eviction takes one of its pods at a time and
+  leaves replicas - 1 >= 1 ready. A role with 1 replica gets none: a budget there could
+  only block drains until someone deletes it (the PDB is removed when replicas drop
+  below 2). Unhealthy pods may always be evicted (``unhealthyPodEvictionPolicy``), so a
+  crash-looping pod never holds a drain.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 SPEC_HASH_ANNOTATION = "inferencegraph.dev/spec-hash"
 APP_NAME = "inference-graph"
 
+PDB_MIN_REPLICAS = 2  # a role with fewer replicas gets no PodDisruptionBudget
 MULTUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 RDMA_CAPABILITIES = ("IPC_LOCK", "SYS_RESOURCE")
 UCX_TRANSPORTS = "rc,ud,sm,self"
@@ -198,7 +209,8 @@ def render(
     defaults: OperatorDefaults | None = None,
     replicas: Mapping[Role, int] | None = None,
 ) -> list[dict]:
-    """Every child object of ``graph``: the ConfigMap, then Deployments in role order, then Services.
+    """Every child object of ``graph``: the ConfigMap, then Deployments in role order, then the
+    Service, then PodDisruptionBudgets in role order.
 
     ``replicas`` overrides the spec's count per role: the operator decides replica counts
     (``reconcile.decide_replicas``), so that one writer owns them.
@@ -211,7 +223,29 @@ def render(
     objects += [render_deployment(graph, inst, owner, defaults) for inst in instances]
     if any(inst.role is Role.FRONTEND for inst in instances):
         objects.append(render_frontend_service(graph, owner, defaults))
+    objects += [
+        render_disruption_budget(graph, inst.role, owner, defaults)
+        for inst in instances
+        if inst.replicas >= PDB_MIN_REPLICAS
+    ]
     return objects
+
+
+def render_disruption_budget(
+    graph: InferenceGraph, role: Role, owner: Owner, defaults: OperatorDefaults
+) -> dict:
+    """At most one of the role's pods evicted at a time (a drain waits for its replacement to be
+    Ready); only for roles with :data:`PDB_MIN_REPLICAS` or more (module docstring)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(child_name(graph.metadata.name, role), graph, owner, defaults, role),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(graph, role)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
 
 
 def render_scaler(

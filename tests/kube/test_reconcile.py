@@ -108,6 +108,7 @@ def test_nothing_observed_creates_every_child():
         ("Deployment", "g-decode"),
         ("Deployment", "g-prefill"),
         ("Service", "g-frontend"),
+        ("PodDisruptionBudget", "g-decode"),  # decode has 2 replicas; the other roles 1: none
         ("InferenceGraphScaler", "g-decode"),  # one per worker role: the role's scale
         ("InferenceGraphScaler", "g-prefill"),
     }
@@ -310,17 +311,41 @@ def test_a_conflict_is_reported_then_forced_and_a_scaled_scaler_is_left_alone():
     api.conflicts.add(("InferenceGraphScaler", "g-prefill"))
     api.writes.clear()
     controller.reconcile("ns", "g")
-    # the Deployment, then the scaler twice: with the graph's count (409), then without it; no force
-    assert [w for w in api.writes if "g-prefill" in w] == ["apply g-prefill"] * 3
+    # the Deployment, its new PodDisruptionBudget (2 replicas now), then the scaler twice: with the
+    # graph's count (409), then without it; no force
+    assert [w for w in api.writes if "g-prefill" in w] == ["apply g-prefill"] * 4
     assert len(api.events) == 1  # not a conflict to report: the role's scale is whoever set it last
+
+
+def test_a_disruption_budget_comes_and_goes_with_a_second_replica():
+    api = MemoryApi(graph_body())
+    controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
+    controller.reconcile("ns", "g")
+    assert {name for kind, name in api.objects if kind == "PodDisruptionBudget"} == {"g-decode"}
+    # kubectl scale igs/g-decode --replicas=1 (an HPA would do the same): the budget goes
+    decode = api.objects[("InferenceGraphScaler", "g-decode")]
+    decode["spec"]["replicas"] = 1
+    decode["metadata"]["managedFields"] = [
+        {"manager": "kubectl", "operation": "Update", "subresource": "scale"}
+    ]
+    api.graph["spec"]["services"]["prefill"]["replicas"] = 3  # and prefill gets one
+    result = controller.reconcile("ns", "g")
+    assert "delete PodDisruptionBudget g-decode (no longer desired)" in result.actions
+    assert "apply PodDisruptionBudget g-prefill (missing)" in result.actions
+    assert {name for kind, name in api.objects if kind == "PodDisruptionBudget"} == {"g-prefill"}
+    # the role removed from the spec: its budget goes with its Deployment
+    del api.graph["spec"]["services"]["prefill"]
+    api.graph["spec"]["disaggregation"] = {"enabled": False}
+    controller.reconcile("ns", "g")
+    assert {kind for kind, _ in api.objects if kind == "PodDisruptionBudget"} == set()
 
 
 def test_without_the_scaler_crd_the_roles_are_scaled_directly():
     api = MemoryApi(graph_body())
     api.missing_kinds.add("InferenceGraphScaler")  # a chart upgraded without kubectl apply -f crds/
     result = GraphController(api, DEFAULTS, clock=lambda: NOW).reconcile("ns", "g")
-    assert len(result.actions) == 6 and result.failures == []
-    assert {kind for kind, _ in api.objects} == {"ConfigMap", "Deployment", "Service"}
+    assert len(result.actions) == 7 and result.failures == []
+    assert {kind for kind, _ in api.objects} == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
     assert api.objects[("Deployment", "g-decode")]["spec"]["replicas"] == 2
 
 
@@ -556,7 +581,7 @@ def test_a_pass_creates_then_a_second_pass_writes_nothing():
     api = MemoryApi(graph_body())
     controller = GraphController(api, DEFAULTS, clock=lambda: NOW)
     first = controller.reconcile("ns", "g")
-    assert len(first.actions) == 8 and first.failures == []
+    assert len(first.actions) == 9 and first.failures == []
     assert all(w.startswith(("apply g-", "scaler-status g-", "status")) for w in api.writes)  # no force
     assert api.graph["status"]["phase"] == "Progressing"
     selector = "app.kubernetes.io/component=decode,app.kubernetes.io/instance=g,app.kubernetes.io/name=inference-graph"
@@ -723,7 +748,7 @@ async def test_the_resync_passes_over_every_graph_periodically():
     task = asyncio.create_task(controller.resync_forever("", interval=0.01))
     try:
         # no event comes: the resync creates the children, and brings back a deleted one
-        await asyncio.wait_for(after_passes_until(lambda: len(api.objects) == 8), 10)
+        await asyncio.wait_for(after_passes_until(lambda: len(api.objects) == 9), 10)
         api.objects.pop(("Service", "g-frontend"))
         await asyncio.wait_for(after_passes_until(lambda: ("Service", "g-frontend") in api.objects), 10)
     finally:

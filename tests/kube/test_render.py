@@ -115,7 +115,13 @@ def test_every_object_of_every_config_is_valid(path, strict_validate):
 
 def test_every_object_of_a_full_graph_is_valid(strict_validate):
     objs = objects()
-    assert [o["kind"] for o in objs] == ["ConfigMap", *["Deployment"] * 4, "Service"]
+    # every role of full_manifest has 2 or more replicas: a PodDisruptionBudget each
+    assert [o["kind"] for o in objs] == [
+        "ConfigMap",
+        *["Deployment"] * 4,
+        "Service",
+        *["PodDisruptionBudget"] * 4,
+    ]
     for obj in objs:
         strict_validate(obj)
 
@@ -489,6 +495,48 @@ def test_replicas_decided_by_the_operator_override_the_spec_without_rolling():
         n: d["spec"]["template"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         for n, d in deployments.items()
     }
+
+
+def test_every_role_rolls_with_surge_and_never_below_its_replicas():
+    for name, deployment in by_kind(objects(), "Deployment").items():
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }, name
+
+
+def test_a_disruption_budget_per_role_with_two_or_more_replicas():
+    manifest = full_manifest()
+    manifest["spec"]["services"]["frontend"]["replicas"] = 1
+    objs = objects(manifest)
+    budgets = by_kind(objs, "PodDisruptionBudget")
+    # frontend 1 replica: none; processor 3, decode 2, prefill 4: one each
+    assert sorted(budgets) == ["g-decode", "g-prefill", "g-processor"]
+    decode = budgets["g-decode"]
+    assert decode["apiVersion"] == "policy/v1"
+    assert decode["metadata"]["namespace"] == "serving"
+    assert decode["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert decode["metadata"]["labels"]["app.kubernetes.io/component"] == "decode"
+    assert decode["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "inference-graph",
+                "app.kubernetes.io/instance": "g",
+                "app.kubernetes.io/component": "decode",
+            }
+        },
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    # the budget selects exactly the role's pods
+    pods = by_kind(objs, "Deployment")["g-decode"]["spec"]["template"]["metadata"]["labels"]
+    assert decode["spec"]["selector"]["matchLabels"].items() <= pods.items()
+
+
+def test_disruption_budgets_follow_the_replicas_the_operator_decides():
+    graph = parse_graph(full_manifest())
+    objs = render(graph, OWNER, DEFAULTS, replicas={Role.DECODE: 1, Role.FRONTEND: 1})
+    assert sorted(by_kind(objs, "PodDisruptionBudget")) == ["g-prefill", "g-processor"]
 
 
 def test_every_env_name_the_operator_injects_is_a_settings_name():
