@@ -36,12 +36,13 @@ Choices (see docs/kubernetes.md):
   RDMA read, which is how NIXL pulls KV blocks. ``ucxEnv`` overrides these; the
   role's ``env`` overrides everything.
 - Rolling updates: each pod template carries a hash of the parts of the spec its
-  role reads (its own service entry without replicas, and the shared sections), so
-  a spec change rolls only the roles it affects and scaling rolls nothing. Every
-  Deployment rolls with maxUnavailable 0 and maxSurge 1: an old pod goes only once its
-  replacement is Ready, so ready pods never drop below replicas (a GPU role needs room
-  for one more instance's GPUs; without it the new pod stays Pending and the rollout
-  waits, old pods serving).
+  role reads (its own service entry without replicas and rollout, and the shared
+  sections), so a spec change rolls only the roles it affects and scaling rolls
+  nothing. By default a Deployment rolls with maxUnavailable 0 and maxSurge 1: an old
+  pod goes only once its replacement is Ready, so ready pods never drop below replicas
+  (a GPU role needs room for one more instance's GPUs; without it the new pod stays
+  Pending and the rollout waits, old pods serving). ``services.<role>.rollout`` chooses
+  other values (``maxSurge: 0, maxUnavailable: 1`` for a cluster with no spare GPUs).
 - Disruptions: a role with 2 or more replicas gets a PodDisruptionBudget with
   maxUnavailable 1, so a drain or any other eviction takes one of its pods at a time and
   leaves replicas - 1 >= 1 ready. A role with 1 replica gets none: a budget there could
@@ -62,7 +63,16 @@ from typing import Any
 import yaml
 
 from inference_graph.core.instances import RoleInstance, desired_instances
-from inference_graph.core.spec import API_VERSION, KIND, InferenceGraph, KvBufferDevice, RdmaSpec, Role
+from inference_graph.core.spec import (
+    API_VERSION,
+    KIND,
+    InferenceGraph,
+    KvBufferDevice,
+    RdmaSpec,
+    Role,
+    RolloutSpec,
+    ServiceSpec,
+)
 from inference_graph.models.sources import PVC_MOUNT_ROOT
 from inference_graph.settings import FIXED, Env, OperatorSettings
 
@@ -193,6 +203,7 @@ def role_spec_hash(graph: InferenceGraph, role: Role) -> str:
     services = spec.pop("services", {})
     own = dict(services.get(role.value) or {})
     own.pop("replicas", None)
+    own.pop("rollout", None)  # how pods are replaced is no reason to replace them
     spec["ownService"] = own
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -423,6 +434,11 @@ def _model_volume(graph: InferenceGraph) -> tuple[dict, dict] | None:
     return volume, mount
 
 
+def _rolling_update(service: ServiceSpec | None) -> dict[str, int]:
+    rollout = service.rollout if service else RolloutSpec()
+    return {"maxSurge": rollout.max_surge, "maxUnavailable": rollout.max_unavailable}
+
+
 def render_deployment(
     graph: InferenceGraph, inst: RoleInstance, owner: Owner, defaults: OperatorDefaults
 ) -> dict[str, Any]:
@@ -508,7 +524,7 @@ def render_deployment(
         "spec": {
             "replicas": inst.replicas,
             "selector": {"matchLabels": selector(graph, role)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": _rolling_update(service)},
             "template": {
                 "metadata": {
                     "labels": pod_labels,

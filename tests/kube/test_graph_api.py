@@ -176,6 +176,11 @@ CROSS_FIELD = {
         "spec.services.decode.rdma.ucxEnv",
         "UCX_* variables only",
     ),
+    "rollout-that-never-progresses": (
+        edited(services__decode__rollout={"maxSurge": 0, "maxUnavailable": 0}),
+        "spec.services.decode.rollout.maxSurge",
+        "maxSurge and maxUnavailable must not both be 0",
+    ),
 }
 
 
@@ -206,6 +211,7 @@ VALID_NEIGHBOURS = {
         routing={"kv": {"weights": {"prefix_overlap": 0, "kv_usage": 0, "queue_depth": 1}}}
     ),
     "ucx-variable": edited(services__decode__rdma={"enabled": True, "ucxEnv": {"UCX_TLS": "rc"}}),
+    "rollout-without-surge": edited(services__decode__rollout={"maxSurge": 0, "maxUnavailable": 1}),
 }
 
 

@@ -505,6 +505,25 @@ def test_every_role_rolls_with_surge_and_never_below_its_replicas():
         }, name
 
 
+def test_a_role_may_roll_without_surge_and_that_choice_rolls_nothing():
+    before = _hashes(full_manifest())
+    manifest = full_manifest()
+    manifest["spec"]["services"]["decode"]["rollout"] = {"maxSurge": 0, "maxUnavailable": 1}
+    deployments = by_kind(objects(manifest), "Deployment")
+    assert deployments["g-decode"]["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+    }
+    assert deployments["g-prefill"]["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 1,
+        "maxUnavailable": 0,
+    }
+    assert _hashes(manifest) == before  # the new strategy applies to the next change; no restart now
+    manifest["spec"]["services"]["decode"]["rollout"] = {"maxSurge": 0, "maxUnavailable": 0}
+    with pytest.raises(SpecError, match="must not both be 0"):
+        parse_graph(manifest)
+
+
 def test_a_disruption_budget_per_role_with_two_or_more_replicas():
     manifest = full_manifest()
     manifest["spec"]["services"]["frontend"]["replicas"] = 1

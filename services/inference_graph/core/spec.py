@@ -452,6 +452,33 @@ class AutoscalingSpec(_Model):
         return self
 
 
+class RolloutSpec(_Model):
+    """How the role's Deployment replaces pods on a change (Kubernetes): pods added above ``replicas``
+    and pods taken down at once. The default never lowers ready pods but needs room (GPUs) for one more
+    pod; ``maxSurge: 0, maxUnavailable: 1`` rolls without spare GPUs, one pod down at a time."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.maxSurge) || !has(self.maxUnavailable) || self.maxSurge + self.maxUnavailable >= 1",
+                "maxSurge and maxUnavailable must not both be 0",
+                ".maxSurge",
+            )
+        )
+    )
+
+    max_surge: int = Field(default=1, ge=0, description="Pods added above replicas during a rollout.")
+    max_unavailable: int = Field(
+        default=0, ge=0, description="Pods below replicas during a rollout (0: ready pods never drop)."
+    )
+
+    @model_validator(mode="after")
+    def _progresses(self) -> RolloutSpec:
+        if self.max_surge + self.max_unavailable < 1:
+            raise ValueError("maxSurge and maxUnavailable must not both be 0")
+        return self
+
+
 class ServiceSpec(_Model):
     replicas: int = Field(
         default=1, ge=0, description="Number of processes (pods in Kubernetes) of this role."
@@ -488,6 +515,10 @@ class ServiceSpec(_Model):
     autoscaling: AutoscalingSpec = Field(
         default_factory=AutoscalingSpec,
         description="Planner-chosen replicas (prefill and decode roles only).",
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="Rolling update of the role's Deployment (Kubernetes; docs/kubernetes.md).",
     )
 
 
