@@ -43,5 +43,12 @@ class Operator:
                 self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, whatever it was doing (a crash, an evicted pod)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

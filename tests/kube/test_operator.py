@@ -10,10 +10,7 @@ Every wait polls a condition with a deadline.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +22,7 @@ from inference_graph_operator.render import SPEC_HASH_ANNOTATION
 from support import eventually_sync
 
 from .common import CONFIGS, ROOT, WIDE_HEADER
+from .operator_process import Operator
 
 CHART = ROOT / "charts" / "dynamo"
 SELECTOR = "app.kubernetes.io/managed-by=inference-graph-operator"
@@ -35,50 +33,6 @@ T = TypeVar("T")
 def wait_for(check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
     """``eventually_sync`` with this module's deadline (31 call sites name ``what`` positionally)."""
     return eventually_sync(check, timeout=timeout, interval=0.05, what=what)
-
-
-class Operator:
-    """The operator as a subprocess with the environment the chart gives its pod and the chart's
-    ServiceAccount's token; its log is kept for failure messages."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str]):
-        self.kubeconfig, self.log_path, self.env = kubeconfig, log_path, env
-        self.process: subprocess.Popen | None = None
-
-    def start(self, resync_seconds: float = 300) -> Operator:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("IG_") and k != "KUBECONFIG"},
-            **self.env,  # the chart's Deployment's environment, as installed
-            "KUBECONFIG": str(self.kubeconfig),
-            "IG_OPERATOR_LIVENESS": "",  # tests run side by side: no fixed port
-            # 300: repairs must come from watch events, not from the periodic resync
-            "IG_RESYNC_SECONDS": str(resync_seconds),
-        }
-        log = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "inference_graph_operator"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, whatever it was doing (a crash, an evicted pod)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
 
 
 def install_operator(kube, etcd_endpoints: list[str], cluster_wide: bool) -> tuple[str, dict[str, str]]:
